@@ -1,0 +1,341 @@
+"""Authentication: who may talk to the daemon at all, and the audit trail of every decision.
+
+Owns: the bearer token (created 0600 from its first byte, compared in constant time as
+bytes, rotatable while the daemon runs), Unix-socket peer credentials (the peer's uid must
+be ours), the failure throttle (keyed on the peer's address or uid, never the ephemeral
+port; bounded memory), browser defences (Host and Origin checks) and the audit log.
+
+Must not: know about JSON-RPC or client identities; it answers "may this connection /
+request proceed, and if not, with which status". The token never leaves this module in
+any log line, event, metric or error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import logging.handlers
+import os
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .storage import atomic_write
+
+log = logging.getLogger("cc_daemon.auth")
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+# -- token ------------------------------------------------------------------------------
+def new_token() -> str:
+    """32 random bytes, URL-safe base64 without padding: 43 characters."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+
+
+class TokenStore:
+    """The daemon's bearer token, on disk and in memory, kept in step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._token: bytes | None = None
+        self._file_stamp: tuple[int, int] | None = None
+        #: Bumped on every change, so streams opened with an older token can be ended.
+        self.generation = 0
+
+    def load_or_create(self) -> None:
+        with self._lock:
+            if not self._read_file():
+                self._write_new()
+
+    def rotate(self) -> None:
+        """Replace the token now: the old one is refused from the next request on."""
+        with self._lock:
+            self._write_new()
+
+    def verify(self, presented: str) -> bool:
+        """Constant-time check of a presented token; any garbage is simply False."""
+        try:
+            candidate = presented.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        with self._lock:
+            current = self._token
+        if current is not None and secrets.compare_digest(candidate, current):
+            return True
+        # The file may have been rewritten by another process (an older CLI, a user);
+        # follow it so that "the file is the token" stays true.
+        if self._reload_if_changed():
+            with self._lock:
+                current = self._token
+            return current is not None and secrets.compare_digest(candidate, current)
+        return False
+
+    def _reload_if_changed(self) -> bool:
+        with self._lock:
+            stamp = file_stamp(self.path)
+            if stamp is None or stamp == self._file_stamp:
+                return False
+            return self._read_file()
+
+    def _read_file(self) -> bool:
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return False
+        if not text:
+            return False
+        if self._token is not None and text.encode() != self._token:
+            self.generation += 1
+        self._token = text.encode("ascii")
+        self._file_stamp = file_stamp(self.path)
+        return True
+
+    def _write_new(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = new_token()
+        atomic_write(self.path, (token + "\n").encode("ascii"), mode=0o600)
+        self._token = token.encode("ascii")
+        self._file_stamp = file_stamp(self.path)
+        self.generation += 1
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def read_token_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip() or None
+    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+        return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header (scheme case-insensitive)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+# -- peer credentials -------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerCred:
+    pid: int | None
+    uid: int
+    gid: int | None
+
+
+def peer_credentials(sock: socket.socket) -> PeerCred | None:
+    """The uid of the process at the other end of a Unix socket, from the kernel."""
+    if hasattr(socket, "SO_PEERCRED"):  # Linux
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return PeerCred(pid, uid, gid)
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        # getpeereid(3) is LOCAL_PEERCRED underneath: struct xucred {u_int version; uid_t uid; ...}.
+        local_peercred = getattr(socket, "LOCAL_PEERCRED", 0x001)
+        raw = sock.getsockopt(0, local_peercred, struct.calcsize("IIh16I"))
+        _version, uid = struct.unpack_from("II", raw)
+        return PeerCred(None, uid, None)
+    return None
+
+
+# -- throttle ---------------------------------------------------------------------------
+class Throttle:
+    """Locks out a peer after repeated failures. Memory is bounded; old entries expire."""
+
+    def __init__(self, max_failures: int = 3, window_s: float = 10.0, lockout_s: float = 60.0,
+                 max_peers: int = 4096, clock=time.monotonic):
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.lockout_s = lockout_s
+        self.max_peers = max_peers
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._locked_until: OrderedDict[str, float] = OrderedDict()
+
+    def retry_after(self, peer: str) -> float | None:
+        """Seconds until ``peer`` may try again, or None when it is not locked out."""
+        now = self._clock()
+        with self._lock:
+            until = self._locked_until.get(peer)
+            if until is None:
+                return None
+            if until <= now:
+                del self._locked_until[peer]
+                return None
+            return until - now
+
+    def record_failure(self, peer: str) -> bool:
+        """Count a failure; True when this one locks the peer out."""
+        now = self._clock()
+        with self._lock:
+            recent = self._failures.pop(peer, None) or deque()
+            recent.append(now)
+            while recent and recent[0] <= now - self.window_s:
+                recent.popleft()
+            if len(recent) >= self.max_failures:
+                self._locked_until[peer] = now + self.lockout_s
+                self._locked_until.move_to_end(peer)
+                trim(self._locked_until, self.max_peers)
+                return True
+            self._failures[peer] = recent
+            trim(self._failures, self.max_peers)
+            return False
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._failures) + len(self._locked_until)
+
+
+def trim(table: OrderedDict, limit: int) -> None:
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
+# -- audit log --------------------------------------------------------------------------
+class AuditLog:
+    """One compact JSON line per authentication decision, rotated by size."""
+
+    def __init__(self, path: Path | None, max_bytes: int = 10 * 1024 * 1024, backups: int = 5):
+        self.path = path
+        self._handler: logging.Handler | None = None
+        if path is not None:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Created 0600 before the handler opens it in append mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            self._handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+
+    def record(self, *, transport: str, outcome: str, peer: str, reason: str,
+               uid: int | None = None, client_kind: str | None = None) -> None:
+        if self._handler is None:
+            return
+        entry = {"ts": time.time(), "transport": transport, "outcome": outcome, "peer": peer,
+                 "reason": reason, "uid": uid}
+        if client_kind is not None:
+            entry["client_kind"] = client_kind
+        line = json.dumps(entry, separators=(",", ":"))
+        self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()
+
+
+# -- the decision -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Denied:
+    """Why a request may not proceed, as an HTTP status and a JSON body."""
+
+    status: int
+    body: dict
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+UNAUTHENTICATED = Denied(401, {"error": "unauthenticated"})
+
+
+@dataclass
+class Connection:
+    """What auth knows about one accepted connection."""
+
+    transport: str  # "tcp" or "unix"
+    peer: str       # the throttle key: client IP on TCP, "uid:N" on a Unix socket
+    uid: int | None = None
+    audited_ok: bool = False
+    token_generation: int | None = None
+
+
+class Authenticator:
+    """Decides whether a request on a connection may proceed."""
+
+    def __init__(self, tokens: TokenStore | None, audit: AuditLog, throttle: Throttle,
+                 *, allowed_hosts: frozenset[str] = LOOPBACK_NAMES,
+                 allowed_origins: frozenset[str] = frozenset(), daemon_uid: int | None = None):
+        self.tokens = tokens
+        self.audit = audit
+        self.throttle = throttle
+        self.allowed_hosts = allowed_hosts
+        self.allowed_origins = allowed_origins
+        self.daemon_uid = os.geteuid() if daemon_uid is None else daemon_uid
+
+    def check(self, conn: Connection, authorization: str | None,
+              client_kind: str | None = None) -> Denied | None:
+        retry_after = self.throttle.retry_after(conn.peer)
+        if retry_after is not None:
+            self._audit(conn, "rate_limited", "locked out after repeated failures", client_kind)
+            return Denied(429, {"error": "rate limited"}, (("Retry-After", str(max(1, round(retry_after)))),))
+        reason = self._failure_reason(conn, authorization)
+        if reason is None:
+            if not conn.audited_ok:  # once per connection, not once per keep-alive request
+                conn.audited_ok = True
+                self._audit(conn, "ok", "peer uid matches" if conn.transport == "unix" else "token accepted",
+                            client_kind)
+            return None
+        self.throttle.record_failure(conn.peer)
+        self._audit(conn, "denied", reason, client_kind)
+        return UNAUTHENTICATED
+
+    def _failure_reason(self, conn: Connection, authorization: str | None) -> str | None:
+        if conn.transport == "unix":
+            if conn.uid is None:
+                return "peer credentials unavailable"
+            return None if conn.uid == self.daemon_uid else f"peer uid {conn.uid} is not the daemon's"
+        token = bearer_token(authorization)
+        if token is None:
+            return "missing bearer token"
+        if self.tokens is None or not self.tokens.verify(token):
+            return "wrong bearer token"
+        conn.token_generation = self.tokens.generation
+        return None
+
+    def browser_check(self, conn: Connection, host: str | None, origin: str | None) -> Denied | None:
+        """Refuse DNS-rebinding (foreign Host) and cross-origin requests not allow-listed."""
+        if conn.transport != "tcp":
+            return None
+        if host is not None and host_name(host) not in self.allowed_hosts:
+            self._audit(conn, "denied", "host header not allowed", None)
+            return Denied(403, {"error": "host not allowed"})
+        if origin is not None and not self.origin_allowed(origin):
+            self._audit(conn, "denied", "origin not allowed", None)
+            return Denied(403, {"error": "origin not allowed"})
+        return None
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin in self.allowed_origins
+
+    def _audit(self, conn: Connection, outcome: str, reason: str, client_kind: str | None) -> None:
+        self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, reason=reason,
+                          uid=conn.uid, client_kind=client_kind)
+
+
+def host_name(host_header: str) -> str:
+    """The host part of a ``Host`` header, lower-cased, IPv6 brackets kept."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()

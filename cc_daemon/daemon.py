@@ -1,0 +1,273 @@
+"""The daemon: composes the services, owns the process lifecycle.
+
+Owns: start-up order (single-instance lock, stale-file clean-up, token, bind, discovery
+file), the serving thread, signal handling and the graceful stop (in-flight requests
+finish, every SSE subscriber gets ``shutdown``, files the daemon created are removed).
+
+Must not: implement any service or endpoint itself; it only wires them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import API_VERSION, __version__
+from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
+from .events import EventBus, MemoryEventStore
+from .identity import ClientRegistry, load_or_create_key
+from .methods import MethodContext, build_registry
+from .metrics import Metrics
+from .permissions import PermissionStore
+from .rpc import Dispatcher
+from .storage import (AlreadyRunning, DataDir, InstanceLock, atomic_write, atomic_write_json, read_json,
+                      remove_quietly)
+from .timers import Scheduler
+from .transport import Limits, ListenAddress, Services, make_server
+
+log = logging.getLogger("cc_daemon")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why, for a human."""
+
+
+@dataclass
+class DaemonOptions:
+    listen: ListenAddress
+    data_dir: DataDir
+    token_path: Path | None = None
+    heartbeat_s: float = 15.0
+    audit: bool = True
+    unauthenticated_metrics: bool = False
+    allow_remote: bool = False
+    allow_origins: tuple[str, ...] = ()
+    event_buffer: int = 65536
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+
+    @property
+    def resolved_token_path(self) -> Path:
+        return self.token_path or self.data_dir.default_token_file
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions):
+        self.options = options
+        self.data_dir = options.data_dir
+        self.started_at = time.time()
+        self._started_monotonic = time.monotonic()
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._ready = False
+        self._lock = InstanceLock(self.data_dir.lock_file)
+        self._server = None
+        self._serve_thread: threading.Thread | None = None
+        self._socket_identity: tuple[int, int] | None = None
+        self._log_handler: logging.Handler | None = None
+        self.address: ListenAddress = options.listen
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Acquire the data dir, bind, and serve in a background thread."""
+        options = self.options
+        if options.listen.scheme == "tcp" and not options.allow_remote and not options.listen.is_loopback():
+            raise StartupError(f"{options.listen.url()} is not a loopback address; the daemon has no TLS, "
+                               "so listening there needs --allow-remote")
+        self.data_dir.ensure()
+        try:
+            self._lock.acquire()
+        except AlreadyRunning:
+            info = read_json(self.data_dir.discovery_file) or {}
+            raise StartupError(f"a daemon is already running for {self.data_dir.root} "
+                               f"(pid {info.get('pid', '?')}, {info.get('address', '?')})") from None
+        try:
+            self._start_locked()
+        except BaseException:
+            self._release()
+            raise
+
+    def _start_locked(self) -> None:
+        options = self.options
+        # We hold the lock, so whatever discovery or pid file is left belongs to a dead daemon.
+        for stale in (self.data_dir.discovery_file, self.data_dir.pid_file):
+            if stale.exists():
+                log.info("removing stale %s", stale)
+                remove_quietly(stale)
+        self._attach_log_file()
+        self.scheduler = Scheduler()
+        self.metrics = Metrics()
+        self.bus = EventBus(MemoryEventStore(options.event_buffer))
+        self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
+        if self.tokens is not None:
+            self.tokens.load_or_create()
+        self.audit = AuditLog(self.data_dir.audit_log if options.audit else None)
+        self.clients = ClientRegistry(self.data_dir.root / "clients.json",
+                                      load_or_create_key(self.data_dir.root / "identity_key"))
+        self.permissions = PermissionStore(self.bus, self.scheduler)
+        self.registry = build_registry(MethodContext(
+            bus=self.bus, clients=self.clients, permissions=self.permissions, describe=self.describe,
+            request_shutdown=self.request_stop, rotate_token=self.rotate_token, uptime_s=self.uptime_s))
+        self.dispatcher = Dispatcher(self.registry, self._count_call)
+        authenticator = Authenticator(self.tokens, self.audit, Throttle(),
+                                      allowed_hosts=self._allowed_hosts(),
+                                      allowed_origins=frozenset(options.allow_origins))
+        limits = options.limits
+        limits.heartbeat_s = options.heartbeat_s
+        services = Services(authenticator, self.clients, self.dispatcher, self.bus, self.metrics, limits,
+                            readiness=self.readiness, unauthenticated_metrics=options.unauthenticated_metrics)
+        self._describe_metrics()
+        try:
+            self._server = make_server(options.listen, services)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {options.listen.url()}: {exc.strerror or exc}") from None
+        self.address = self._bound_address()
+        if self.address.scheme == "unix":
+            st = os.stat(self.address.path or "")
+            self._socket_identity = (st.st_dev, st.st_ino)
+        self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                              name="ccd-accept", daemon=True)
+        self._serve_thread.start()
+        self._write_discovery()
+        self._schedule_flush()
+        self._ready = True
+        log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__, self.address.url(),
+                 os.getpid(), self.data_dir.root)
+
+    def _allowed_hosts(self) -> frozenset[str]:
+        host = (self.options.listen.host or "").lower()
+        return LOOPBACK_NAMES | ({host, f"[{host}]"} if host else set())
+
+    def _bound_address(self) -> ListenAddress:
+        if self.options.listen.scheme == "unix":
+            return self.options.listen
+        host, port = self._server.server_address[:2]
+        return ListenAddress("tcp", host=self.options.listen.host, port=port)
+
+    def _write_discovery(self) -> None:
+        info = {"pid": os.getpid(), "transport": self.address.scheme, "address": self.address.url(),
+                "api_version": API_VERSION, "version": __version__, "started_at": self.started_at,
+                "token_path": str(self.options.resolved_token_path) if self.tokens else None,
+                "data_dir": str(self.data_dir.root)}
+        atomic_write(self.data_dir.pid_file, f"{os.getpid()}\n".encode())
+        atomic_write_json(self.data_dir.discovery_file, info)
+
+    def _attach_log_file(self) -> None:
+        handler = logging.handlers.RotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
+                                                       backupCount=3, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(getattr(logging, self.options.log_level.upper(), logging.INFO))
+        package_logger = logging.getLogger("cc_daemon")
+        package_logger.addHandler(handler)
+        if package_logger.level == logging.NOTSET or package_logger.level > handler.level:
+            package_logger.setLevel(handler.level)
+        self._log_handler = handler
+
+    def _schedule_flush(self) -> None:
+        def flush() -> None:
+            if self._stop_requested.is_set():
+                return
+            self.clients.flush()
+            self.scheduler.call_later(5.0, flush)
+        self.scheduler.call_later(5.0, flush)
+
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe_counter("ccd_rpc_calls_total", "JSON-RPC calls by method and outcome")
+        m.describe_counter("ccd_http_requests_total", "HTTP requests by endpoint")
+        m.describe_counter("ccd_events_delivered_total", "Events written to SSE subscribers")
+        m.gauge("ccd_uptime_seconds", "Seconds since the daemon started", self.uptime_s)
+        m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
+        m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
+        m.gauge("ccd_permission_requests_pending", "Pending permission requests", self.permissions.pending_count)
+
+    def _count_call(self, method: str, code: int | None) -> None:
+        known = self.registry.get(method) is not None
+        self.metrics.inc("ccd_rpc_calls_total", method=method if known else "(unknown)",
+                         outcome="ok" if code is None else str(code))
+
+    # -- queries ----------------------------------------------------------------------------
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = self._ready and not self._stop_requested.is_set()
+        return ready, {"stopping": self._stop_requested.is_set()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "api_version": API_VERSION,
+                "python": sys.version.split()[0], "transport": self.address.scheme,
+                "address": self.address.url(), "data_dir": str(self.data_dir.root),
+                "started_at": self.started_at, "uptime_s": round(self.uptime_s(), 3),
+                "last_event_id": self.bus.last_id(), "subscribers": self.bus.subscriber_count,
+                "pending_permissions": self.permissions.pending_count()}
+
+    def rotate_token(self) -> bool:
+        if self.tokens is None:
+            return False
+        self.tokens.rotate()
+        generation = self.tokens.generation
+        closed = self.bus.end_subscriptions(
+            lambda s: s.tag is not None and s.tag.token_generation not in (None, generation), "token_rotated")
+        log.info("token rotated; %d event streams opened with the old token were closed", closed)
+        return True
+
+    # -- stop -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop is requested (by a signal or ``system.shutdown``)."""
+        return self._stop_requested.wait(timeout)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Graceful stop: finish in-flight requests, say ``shutdown`` to every stream, clean up."""
+        if self._stopped.is_set():
+            return
+        self._stop_requested.set()
+        self._ready = False
+        log.info("stopping")
+        server = self._server
+        if server is not None:
+            server.shutdown()
+            server.in_flight.wait_idle(grace_s)
+        self.bus.close()
+        deadline = time.monotonic() + 2.0
+        while self.bus.subscriber_count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if server is not None:
+            server.server_close()
+        self.permissions.close()
+        self.scheduler.stop()
+        self.clients.flush()
+        self._remove_own_files()
+        self.audit.close()
+        log.info("stopped")
+        self._release()
+        self._stopped.set()
+
+    def _remove_own_files(self) -> None:
+        if self._socket_identity is not None:
+            path = Path(self.address.path or "")
+            try:
+                st = path.lstat()
+                if (st.st_dev, st.st_ino) == self._socket_identity:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+        remove_quietly(self.data_dir.discovery_file)
+        remove_quietly(self.data_dir.pid_file)
+
+    def _release(self) -> None:
+        self._lock.release()
+        if self._log_handler is not None:
+            logging.getLogger("cc_daemon").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None

@@ -1,0 +1,292 @@
+"""The event bus: ordered, replayable events and the subscriptions that read them.
+
+Owns: assigning event ids (integers that only grow), handing events to a store, and
+reading them back for subscribers in id order. A subscription is only a cursor into the
+log, never a private queue: a slow reader costs no memory and never blocks a publisher;
+when the store has already evicted what the cursor points at, the reader is told so with
+an exact ``gap`` instead of a silent hole. Replay and the live tail are the same loop, so
+events published during a replay are neither lost nor delivered twice.
+
+Must not: render SSE frames or know about HTTP (the transport does that), decide who may
+see what (``Event.as_dict`` takes the viewer and hides the originator's secret id from
+everyone else).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: Synthetic event types: produced per subscriber, never stored.
+GAP = "gap"
+SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Originator:
+    """Who caused an event. ``client_id`` is the holder's secret; ``client_ref`` is public."""
+
+    client_id: str
+    client_ref: str
+    kind: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"client_ref": self.client_ref, "kind": self.kind}
+
+
+class Event:
+    """One published event. Immutable once published."""
+
+    __slots__ = ("id", "ts", "type", "data", "session_id", "originator", "_public_json")
+
+    def __init__(self, id: int, ts: float, type: str, data: dict[str, Any],
+                 session_id: str | None = None, originator: Originator | None = None):
+        self.id = id
+        self.ts = ts
+        self.type = type
+        self.data = data
+        self.session_id = session_id
+        self.originator = originator
+        self._public_json: str | None = None
+
+    def as_dict(self, viewer_client_id: str | None = None) -> dict[str, Any]:
+        """The event as a client sees it: the originator's client id only for that client."""
+        out: dict[str, Any] = {"id": self.id, "ts": self.ts, "type": self.type, "data": self.data}
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        if self.originator is not None:
+            originator = self.originator.public()
+            if viewer_client_id is not None and viewer_client_id == self.originator.client_id:
+                originator["client_id"] = self.originator.client_id
+            out["originator"] = originator
+        return out
+
+    def to_json(self, viewer_client_id: str | None = None) -> str:
+        """Compact JSON for ``viewer``; the public rendering is computed once and shared."""
+        if self.originator is not None and viewer_client_id == self.originator.client_id:
+            return compact_json(self.as_dict(viewer_client_id))
+        if self._public_json is None:
+            self._public_json = compact_json(self.as_dict())
+        return self._public_json
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id}, type={self.type!r})"
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Ids ``missed_from..missed_to`` (inclusive) can no longer be delivered to a subscriber."""
+
+    missed_from: int
+    missed_to: int
+    reason: str
+
+    def as_event(self, ts: float) -> Event:
+        # The gap carries the last missed id so that a client resuming after it asks for
+        # what follows the hole, not for the hole again.
+        return Event(self.missed_to, ts, GAP, {
+            "missed_from": self.missed_from, "missed_to": self.missed_to, "reason": self.reason})
+
+
+class EventStore(Protocol):
+    """Where published events live. Called by the bus with the bus lock held."""
+
+    def append(self, event: Event) -> None: ...
+
+    def last_id(self) -> int: ...
+
+    def oldest_id(self) -> int:
+        """The smallest id still retained (``last_id() + 1`` when nothing is retained)."""
+        ...
+
+    def read_after(self, after_id: int, limit: int) -> list[Event]:
+        """Retained events with ids greater than ``after_id``, ascending, at most ``limit``."""
+        ...
+
+
+class MemoryEventStore:
+    """A fixed-size ring of the most recent events; older ones are evicted.
+
+    Ids are contiguous in the ring, so a read is index arithmetic, never a scan.
+    """
+
+    def __init__(self, capacity: int = 65536, last_id: int = 0):
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self._slots: list[Event | None] = [None] * capacity
+        self._capacity = capacity
+        self._last = last_id
+        self._first_ever = last_id + 1
+
+    def append(self, event: Event) -> None:
+        assert event.id == self._last + 1, "ids must be contiguous"
+        self._slots[event.id % self._capacity] = event
+        self._last = event.id
+
+    def last_id(self) -> int:
+        return self._last
+
+    def oldest_id(self) -> int:
+        return max(self._first_ever, self._last - self._capacity + 1)
+
+    def read_after(self, after_id: int, limit: int) -> list[Event]:
+        start = max(after_id + 1, self.oldest_id())
+        stop = min(self._last, start + limit - 1)
+        slots, capacity = self._slots, self._capacity
+        return [slots[i % capacity] for i in range(start, stop + 1)]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Server-side filter of a subscription; empty means everything."""
+
+    types: frozenset[str] = frozenset()
+    session_id: str | None = None
+
+    def accepts(self, event: Event) -> bool:
+        if self.types and event.type not in self.types:
+            return False
+        return self.session_id is None or event.session_id == self.session_id
+
+
+class BusClosed(RuntimeError):
+    """The bus is shutting down and accepts no more events."""
+
+
+class EventBus:
+    """Assigns ids, stores events and wakes subscriptions. Thread-safe."""
+
+    #: How many events a subscription takes from the store per wake-up.
+    PAGE = 512
+
+    def __init__(self, store: EventStore | None = None, clock=time.time):
+        self._store: EventStore = store if store is not None else MemoryEventStore()
+        self._clock = clock
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._subscriptions: set[Subscription] = set()
+
+    # -- publishing -------------------------------------------------------------------
+    def publish(self, type: str, data: dict[str, Any], *, session_id: str | None = None,
+                originator: Originator | None = None) -> Event:
+        with self._cond:
+            if self._closed:
+                raise BusClosed("event bus is closed")
+            event = Event(self._store.last_id() + 1, self._clock(), type, data, session_id, originator)
+            self._store.append(event)
+            self._cond.notify_all()
+        return event
+
+    def last_id(self) -> int:
+        with self._cond:
+            return self._store.last_id()
+
+    def oldest_id(self) -> int:
+        with self._cond:
+            return self._store.oldest_id()
+
+    # -- subscribing ------------------------------------------------------------------
+    def subscribe(self, since: int | None = None, event_filter: EventFilter | None = None) -> Subscription:
+        """A cursor after ``since`` (None: only events published from now on)."""
+        with self._cond:
+            start = self._store.last_id() if since is None else since
+            subscription = Subscription(self, start, event_filter or EventFilter())
+            self._subscriptions.add(subscription)
+            if self._closed:
+                subscription.end_reason = SHUTDOWN
+        return subscription
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._cond:
+            return len(self._subscriptions)
+
+    def close(self) -> None:
+        """Refuse new events and end every subscription with ``shutdown``."""
+        with self._cond:
+            self._closed = True
+            for subscription in self._subscriptions:
+                subscription.end_reason = subscription.end_reason or SHUTDOWN
+            self._cond.notify_all()
+
+    def end_subscriptions(self, predicate, reason: str) -> int:
+        """End the subscriptions for which ``predicate(subscription)`` holds; returns how many."""
+        with self._cond:
+            ended = [s for s in self._subscriptions if s.end_reason is None and predicate(s)]
+            for subscription in ended:
+                subscription.end_reason = reason
+            self._cond.notify_all()
+        return len(ended)
+
+    def _forget(self, subscription: Subscription) -> None:
+        with self._cond:
+            self._subscriptions.discard(subscription)
+
+
+class Subscription:
+    """A reader's position in the log. Not thread-safe: one reader thread owns it."""
+
+    def __init__(self, bus: EventBus, cursor: int, event_filter: EventFilter):
+        self._bus = bus
+        self.cursor = cursor
+        self.filter = event_filter
+        self.end_reason: str | None = None
+        #: Opaque tag set by whoever opened it (the transport keeps the auth context here).
+        self.tag: Any = None
+
+    def next_batch(self, timeout: float) -> list[Event | Gap]:
+        """Events after the cursor, waiting up to ``timeout`` s; ``[]`` means nothing came.
+
+        Returns at once with whatever is available. Raises ``SubscriptionEnded`` once the
+        bus closes or the subscription is ended, after everything already published was
+        offered (so a graceful shutdown loses nothing that was acknowledged).
+        """
+        bus = self._bus
+        deadline = time.monotonic() + timeout
+        while True:
+            with bus._cond:
+                store = bus._store
+                while store.last_id() <= self.cursor:
+                    if self.end_reason is not None:
+                        raise SubscriptionEnded(self.end_reason)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return []
+                    bus._cond.wait(remaining)
+                if self.end_reason is not None and self.end_reason != SHUTDOWN:
+                    raise SubscriptionEnded(self.end_reason)
+                oldest = store.oldest_id()
+                if self.cursor + 1 < oldest:
+                    gap = Gap(self.cursor + 1, oldest - 1, "retention")
+                    self.cursor = oldest - 1
+                    return [gap]
+                events = store.read_after(self.cursor, bus.PAGE)
+            self.cursor = events[-1].id
+            wanted = [event for event in events if self.filter.accepts(event)]
+            if wanted:
+                return wanted
+
+    def close(self) -> None:
+        self._bus._forget(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class SubscriptionEnded(Exception):
+    """The subscription will deliver nothing more; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+

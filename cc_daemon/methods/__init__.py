@@ -1,0 +1,41 @@
+"""JSON-RPC methods: thin adapters from the wire to the services.
+
+Owns: each method's name, params schema, result schema and documented errors, and the
+translation between JSON params and service calls. One module per namespace.
+
+Must not: hold state or implement policy; that lives in the services. Must not import the
+transport: the caller arrives as ``Call.caller`` (an ``identity.Caller``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..events import EventBus
+from ..identity import ClientRegistry
+from ..permissions import PermissionStore
+from ..rpc import Registry
+
+
+@dataclass
+class MethodContext:
+    """What the methods may use: services plus a few daemon controls."""
+
+    bus: EventBus
+    clients: ClientRegistry
+    permissions: PermissionStore
+    #: A snapshot of the daemon's identity and counters for system.version / system.status.
+    describe: Callable[[], dict]
+    request_shutdown: Callable[[], None]
+    rotate_token: Callable[[], bool]
+    uptime_s: Callable[[], float]
+
+
+def build_registry(context: MethodContext) -> Registry:
+    from . import permission, system
+
+    registry = Registry()
+    system.register(registry, context)
+    permission.register(registry, context)
+    return registry

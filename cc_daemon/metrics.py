@@ -1,0 +1,76 @@
+"""Counters and gauges, rendered in the Prometheus text exposition format for ``/metrics``.
+
+Owns: a small, thread-safe registry of named series. Label values are bounded sets chosen
+by the daemon (method names, outcomes, error codes): never ids, tokens or client input,
+so the number of series cannot be grown by a caller.
+
+Must not: import HTTP code or services; services report into it through plain calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[LabelKey, float]] = {}
+        self._help: dict[str, tuple[str, str]] = {}
+        self._gauges: dict[str, Callable[[], float]] = {}
+
+    def describe_counter(self, name: str, help_text: str) -> None:
+        self._help[name] = ("counter", help_text)
+        self._counters.setdefault(name, {})
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._counters.setdefault(name, {})
+            series[key] = series.get(key, 0.0) + amount
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A gauge whose value is read when ``/metrics`` is scraped."""
+        self._help[name] = ("gauge", help_text)
+        self._gauges[name] = read
+
+    def value(self, name: str, **labels: str) -> float:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            return self._counters.get(name, {}).get(key, 0.0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            counters = {name: dict(series) for name, series in self._counters.items()}
+        for name in sorted(counters):
+            self._header(lines, name)
+            for key, amount in sorted(counters[name].items()):
+                lines.append(f"{name}{format_labels(key)} {format_number(amount)}")
+        for name in sorted(self._gauges):
+            self._header(lines, name)
+            lines.append(f"{name} {format_number(float(self._gauges[name]()))}")
+        return "\n".join(lines) + "\n"
+
+    def _header(self, lines: list[str], name: str) -> None:
+        kind, help_text = self._help.get(name, ("untyped", name))
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+
+
+def format_labels(key: LabelKey) -> str:
+    if not key:
+        return ""
+    inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in key)
+    return "{" + inner + "}"
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)

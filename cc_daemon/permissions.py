@@ -1,0 +1,214 @@
+"""Permission requests (RFC 0001 §2): originator-only answers, timeouts, refresh.
+
+Owns: the lifecycle of a permission request — created for an originator, answered or
+refreshed only by that originator, auto-denied at its deadline by a timer — and the events
+that announce each step. Resolved requests are remembered for a while (bounded) so that
+a late answer gets "already resolved", and so that a non-originator cannot tell a
+resolved request from a pending one.
+
+Check order, chosen so a non-originator learns nothing: (1) does the id exist at all
+(-32002 otherwise), (2) is the caller its originator (-32001 otherwise), (3) is it still
+pending (-32002 otherwise).
+
+Must not: know about HTTP or JSON-RPC framing (it raises ``RpcError`` with the contract's
+codes, which are part of the domain here), or how a runtime is told the answer (callers
+register ``on_resolved``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .events import EventBus, Originator
+from .rpc import NOT_ORIGINATOR, UNKNOWN_REQUEST, RpcError
+from .timers import Scheduler, TimerHandle
+
+INTERACTIVE_TIMEOUT_S = 1800.0
+UNATTENDED_TIMEOUT_S = 300.0
+#: No refresh extends a request beyond this long after its creation.
+MAX_LIFETIME_S = 24 * 3600.0
+
+PENDING, ANSWERED, TIMED_OUT, CANCELLED = "pending", "answered", "timed_out", "cancelled"
+
+
+@dataclass
+class PermissionRequest:
+    request_id: str
+    tool: str
+    input: Any
+    rationale: str | None
+    originator: Originator
+    created_at: float
+    expires_at: float
+    mode: str = "interactive"
+    session_id: str | None = None
+    turn_id: str | None = None
+    state: str = PENDING
+    answer: dict[str, Any] | None = None
+    resolved_at: float | None = None
+    timer: TimerHandle | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The shape ``permission.list`` returns per request."""
+        out = {"request_id": self.request_id, "tool": self.tool, "input": self.input,
+               "rationale": self.rationale, "expires_at": self.expires_at}
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        return out
+
+    def detail(self) -> dict[str, Any]:
+        return {**self.summary(), "state": self.state, "mode": self.mode, "created_at": self.created_at,
+                "answer": self.answer, "resolved_at": self.resolved_at, "turn_id": self.turn_id}
+
+
+Resolution = Callable[[PermissionRequest], None]
+
+
+class PermissionStore:
+    def __init__(self, bus: EventBus, scheduler: Scheduler, *, max_resolved: int = 10_000,
+                 max_lifetime_s: float = MAX_LIFETIME_S, clock=time.time, monotonic=time.monotonic):
+        self._bus = bus
+        self._scheduler = scheduler
+        self._max_resolved = max_resolved
+        self._max_lifetime_s = max_lifetime_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.RLock()
+        self._pending: dict[str, PermissionRequest] = {}
+        self._resolved: OrderedDict[str, PermissionRequest] = OrderedDict()
+        self._listeners: list[Resolution] = []
+
+    def on_resolved(self, listener: Resolution) -> None:
+        """Call ``listener`` whenever a request is answered, times out or is cancelled."""
+        self._listeners.append(listener)
+
+    # -- creating ---------------------------------------------------------------------------
+    def create(self, originator: Originator, tool: str, input: Any, rationale: str | None = None, *,
+               timeout_s: float | None = None, mode: str = "interactive", session_id: str | None = None,
+               turn_id: str | None = None) -> PermissionRequest:
+        if timeout_s is None:
+            timeout_s = UNATTENDED_TIMEOUT_S if mode == "unattended" else INTERACTIVE_TIMEOUT_S
+        now = self._clock()
+        request = PermissionRequest(
+            request_id=f"pr_{secrets.token_hex(8)}", tool=tool, input=input, rationale=rationale,
+            originator=originator, created_at=now, expires_at=now + min(timeout_s, self._max_lifetime_s),
+            mode=mode, session_id=session_id, turn_id=turn_id)
+        with self._lock:
+            self._pending[request.request_id] = request
+            self._arm(request)
+        self._bus.publish("permission_request", {**request.summary(), "mode": mode, "turn_id": turn_id},
+                          session_id=session_id, originator=originator)
+        return request
+
+    # -- originator actions -----------------------------------------------------------------
+    def answer(self, request_id: str, client_id: str, result: dict[str, Any]) -> PermissionRequest:
+        with self._lock:
+            request = self._pending_for(request_id, client_id)
+            self._resolve(request, ANSWERED, result)
+        self._bus.publish("permission_answered",
+                          {"request_id": request_id, "answer": result, "resolved_at": request.resolved_at},
+                          session_id=request.session_id, originator=request.originator)
+        self._notify(request)
+        return request
+
+    def refresh(self, request_id: str, client_id: str, extend_s: float) -> PermissionRequest:
+        with self._lock:
+            request = self._pending_for(request_id, client_id)
+            cap = request.created_at + self._max_lifetime_s
+            request.expires_at = min(request.expires_at + extend_s, cap)
+            if request.timer is not None:
+                request.timer.cancel()
+            self._arm(request)
+        self._bus.publish("permission_timeout_extended",
+                          {"request_id": request_id, "expires_at": request.expires_at},
+                          session_id=request.session_id, originator=request.originator)
+        return request
+
+    def get(self, request_id: str, client_id: str) -> PermissionRequest:
+        with self._lock:
+            request = self._find(request_id)
+            self._check_originator(request, client_id)
+            return request
+
+    def list_pending(self, client_id: str) -> list[PermissionRequest]:
+        with self._lock:
+            return sorted((r for r in self._pending.values() if r.originator.client_id == client_id),
+                          key=lambda r: r.created_at)
+
+    def cancel_for_session(self, session_id: str, reason: str) -> None:
+        """Resolve a session's pending requests as denied (its turn or process is gone)."""
+        with self._lock:
+            doomed = [r for r in self._pending.values() if r.session_id == session_id]
+            for request in doomed:
+                self._resolve(request, CANCELLED, {"approve": False, "reason": reason})
+        for request in doomed:
+            self._bus.publish("permission_cancelled", {"request_id": request.request_id, "reason": reason},
+                              session_id=session_id, originator=request.originator)
+            self._notify(request)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        with self._lock:
+            for request in self._pending.values():
+                if request.timer is not None:
+                    request.timer.cancel()
+
+    # -- internals --------------------------------------------------------------------------
+    def _find(self, request_id: str) -> PermissionRequest:
+        request = self._pending.get(request_id) or self._resolved.get(request_id)
+        if request is None:
+            raise RpcError(UNKNOWN_REQUEST, f"Unknown permission request: {request_id}",
+                           {"request_id": request_id})
+        return request
+
+    @staticmethod
+    def _check_originator(request: PermissionRequest, client_id: str) -> None:
+        if not secrets.compare_digest(request.originator.client_id.encode(), client_id.encode()):
+            raise RpcError(NOT_ORIGINATOR, "Only the originator of this request may act on it",
+                           {"request_id": request.request_id})
+
+    def _pending_for(self, request_id: str, client_id: str) -> PermissionRequest:
+        request = self._find(request_id)
+        self._check_originator(request, client_id)
+        if request.state != PENDING:
+            raise RpcError(UNKNOWN_REQUEST, f"Permission request {request_id} is already {request.state}",
+                           {"request_id": request_id, "state": request.state})
+        return request
+
+    def _arm(self, request: PermissionRequest) -> None:
+        delay = request.expires_at - self._clock()
+        request.timer = self._scheduler.call_at(self._monotonic() + max(0.0, delay),
+                                                lambda: self._expire(request.request_id))
+
+    def _expire(self, request_id: str) -> None:
+        with self._lock:
+            request = self._pending.get(request_id)
+            if request is None or request.expires_at > self._clock() + 0.001:
+                return  # answered meanwhile, or refreshed (a newer timer is armed)
+            self._resolve(request, TIMED_OUT, {"approve": False, "reason": "timeout"})
+        self._bus.publish("permission_timeout", {"request_id": request_id, "auto_answer": "deny"},
+                          session_id=request.session_id, originator=request.originator)
+        self._notify(request)
+
+    def _resolve(self, request: PermissionRequest, state: str, answer: dict[str, Any]) -> None:
+        if request.timer is not None:
+            request.timer.cancel()
+        request.state = state
+        request.answer = answer
+        request.resolved_at = self._clock()
+        del self._pending[request.request_id]
+        self._resolved[request.request_id] = request
+        while len(self._resolved) > self._max_resolved:
+            self._resolved.popitem(last=False)
+
+    def _notify(self, request: PermissionRequest) -> None:
+        for listener in self._listeners:
+            listener(request)

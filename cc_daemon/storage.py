@@ -1,0 +1,204 @@
+"""On-disk layout of a daemon's data directory, and crash-safe file primitives.
+
+Owns: where every file the daemon writes lives (all of it under one data dir, so two
+daemons with two data dirs never touch each other's files), atomic replacement of small
+files, secret files that are 0600 from their first byte, the single-instance lock and
+the discovery file that CLI processes use to find a running daemon.
+
+Must not: know about HTTP, JSON-RPC or any service; decide policy (who may read what).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATA_DIR_ENV = "CHEETAHCLAWS_HOME"
+
+
+def default_data_dir() -> Path:
+    """The data dir used when neither ``--data-dir`` nor ``$CHEETAHCLAWS_HOME`` says otherwise."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cheetahclaws"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths inside one data directory. Creating the object touches nothing on disk."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, given: str | os.PathLike[str] | None) -> DataDir:
+        root = Path(given).expanduser() if given else default_data_dir()
+        return cls(root.absolute())
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def default_socket(self) -> Path:
+        return self.run_dir / "daemon.sock"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "daemon.lock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "daemon.pid"
+
+    @property
+    def discovery_file(self) -> Path:
+        return self.root / "daemon.json"
+
+    @property
+    def default_token_file(self) -> Path:
+        return self.root / "daemon_token"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.logs_dir / "daemon.log"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs_dir / "auth.jsonl"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "daemon.db"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.root / "sessions"
+
+    @property
+    def clients_dir(self) -> Path:
+        """Where *clients* keep their own ids (``<kind>.id``), as the contract places them."""
+        return self.root / "clients"
+
+    def ensure(self) -> None:
+        """Create the directories the daemon writes to, private to the current user."""
+        for directory in (self.root, self.run_dir, self.logs_dir):
+            make_private_dir(directory)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) with mode 0700 for the parts we create.
+
+    Existing directories are left with their mode: chmod-ing a directory the user chose
+    (say ``/tmp``) would be a surprise, and the socket's own mode protects it anyway.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half.
+
+    The temp file is created with ``mode`` (O_EXCL, so no moment with a wider mode), lives in
+    the same directory (``os.replace`` is atomic only within a filesystem) and is fsynced,
+    then the directory is fsynced so the rename itself survives a crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, payload: Any, mode: int = 0o600) -> None:
+    atomic_write(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it is missing or unreadable as JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class AlreadyRunning(RuntimeError):
+    """Another live daemon holds the data dir's lock."""
+
+
+class InstanceLock:
+    """An exclusive ``flock`` held for the daemon's whole life.
+
+    The kernel releases it when the process dies, however it dies, so a leftover lock file
+    never blocks a restart, and a reused pid can never fake a live daemon.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise AlreadyRunning(str(self.path)) from None
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def is_held_elsewhere(self) -> bool:
+        """True when some live process holds the lock (used by CLI processes)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+
+def is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False

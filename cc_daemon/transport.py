@@ -1,0 +1,713 @@
+"""The HTTP/1.1 listener: one request handler for TCP and Unix sockets.
+
+Owns: listen addresses, the threading servers, HTTP framing (keep-alive, chunked
+streaming for SSE, one buffered write per response), request hardening (header and body
+deadlines, body size limit, connection cap), routing to the endpoints, and turning
+events into SSE frames.
+
+Must not: hold any service state of its own. It calls into the services it is given
+(``Services``): the authenticator, the client registry, the JSON-RPC dispatcher and the
+event bus. Services never import this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import ipaddress
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from . import API_VERSION, API_VERSION_HEADER, __version__
+from .auth import Authenticator, Connection, Denied, peer_credentials
+from .events import SHUTDOWN, Event, EventBus, EventFilter, Gap, SubscriptionEnded, compact_json
+from .identity import CLIENT_ID_RE, Caller, ClientRegistry
+from .metrics import Metrics
+from .rpc import Dispatcher
+
+log = logging.getLogger("cc_daemon.transport")
+
+#: Longest Unix socket path the kernel accepts (sun_path is 108 bytes on Linux, 104 on BSD).
+MAX_UNIX_PATH = 107 if os.uname().sysname == "Linux" else 103
+
+
+# -- addresses --------------------------------------------------------------------------
+class AddressError(ValueError):
+    """A ``--listen`` value that cannot be used; the message is for humans."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    scheme: str  # "unix" or "tcp"
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        if text.startswith("unix://"):
+            path = text[len("unix://"):]
+            if not path.startswith("/"):
+                raise AddressError(f"unix socket path must be absolute: {text!r} (use unix:///abs/path.sock)")
+            return cls.unix(Path(path))
+        if text.startswith("tcp://"):
+            return cls._parse_tcp(text)
+        raise AddressError(f"unsupported listen address {text!r}: use unix:///abs/path.sock or tcp://HOST:PORT")
+
+    @classmethod
+    def unix(cls, path: Path) -> ListenAddress:
+        if len(os.fsencode(str(path))) > MAX_UNIX_PATH:
+            raise AddressError(f"unix socket path is {len(os.fsencode(str(path)))} bytes, longer than "
+                               f"the OS limit of {MAX_UNIX_PATH}: {path}")
+        return cls("unix", path=str(path))
+
+    @classmethod
+    def _parse_tcp(cls, text: str) -> ListenAddress:
+        rest = text[len("tcp://"):].rstrip("/")
+        if rest.startswith("["):
+            host, sep, port_text = rest[1:].partition("]:")
+        else:
+            host, sep, port_text = rest.rpartition(":")
+        if not sep or not host:
+            raise AddressError(f"tcp address needs HOST:PORT: {text!r} (IPv6: tcp://[::1]:8765)")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise AddressError(f"tcp port is not a number: {port_text!r}") from None
+        if not 0 <= port <= 65535:
+            raise AddressError(f"tcp port out of range 0..65535: {port}")
+        return cls("tcp", host=host, port=port)
+
+    def url(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    def is_loopback(self) -> bool:
+        if self.scheme == "unix":
+            return True
+        try:
+            infos = socket.getaddrinfo(self.host, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return False
+        return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+# -- services the handler calls -------------------------------------------------------------
+@dataclass
+class Limits:
+    max_body_bytes: int = 1024 * 1024
+    max_connections: int = 512
+    #: Idle keep-alive connection lifetime, and the send timeout of a stalled SSE reader.
+    idle_timeout_s: float = 60.0
+    #: Whole-request deadline once its first byte arrived (headers and body).
+    request_timeout_s: float = 15.0
+    heartbeat_s: float = 15.0
+    retry_ms: int = 3000
+
+
+@dataclass
+class Services:
+    authenticator: Authenticator
+    clients: ClientRegistry
+    dispatcher: Dispatcher
+    bus: EventBus
+    metrics: Metrics
+    limits: Limits = field(default_factory=Limits)
+    readiness: Callable[[], tuple[bool, dict[str, Any]]] = lambda: (True, {})
+    unauthenticated_metrics: bool = False
+
+
+# -- errors as responses ----------------------------------------------------------------
+class HttpError(Exception):
+    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = (),
+                 close: bool = False):
+        super().__init__(body.get("error"))
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.close = close
+
+    @classmethod
+    def from_denied(cls, denied: Denied) -> HttpError:
+        return cls(denied.status, denied.body, denied.headers)
+
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/rpc": ("POST",),
+    "/events": ("GET",),
+    "/healthz": ("GET",),
+    "/readyz": ("GET",),
+    "/metrics": ("GET",),
+}
+VERSIONED_PATHS = frozenset({"/rpc", "/events"})
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"cc_daemon/{__version__}"
+    sys_version = ""
+
+    server: DaemonServerMixin
+
+    # -- connection lifecycle -----------------------------------------------------------
+    def setup(self) -> None:
+        services = self.server.services
+        self.timeout = services.limits.idle_timeout_s
+        if self.server.transport == "tcp":
+            # Headers and body go out in one write anyway; this removes the 40 ms
+            # delayed-ACK stall for anything else (SSE chunks) on keep-alive connections.
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+        self.conn = self._connection_info()
+        self.client_kind: str | None = None
+
+    def _connection_info(self) -> Connection:
+        if self.server.transport == "unix":
+            try:
+                cred = peer_credentials(self.request)
+            except OSError:
+                cred = None
+            uid = cred.uid if cred else None
+            return Connection("unix", f"uid:{uid}", uid)
+        return Connection("tcp", str(self.client_address[0]))
+
+    def handle_one_request(self) -> None:
+        """One request, with a deadline from its first byte (slow senders are cut off)."""
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            return
+        self.server.reaper.arm(self, self.server.services.limits.request_timeout_s)
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+            log.debug("connection from %s dropped: %s", self.conn.peer, exc)
+            self.close_connection = True
+        finally:
+            self.server.reaper.disarm(self)
+
+    def address_string(self) -> str:
+        return self.conn.peer if hasattr(self, "conn") else "?"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        # Per-request access lines cost real throughput; the metrics count requests instead.
+        pass
+
+    # -- HTTP verbs -----------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
+
+    def do_HEAD(self) -> None:
+        self.close_connection = True  # our error bodies would desync a HEAD keep-alive
+        self._route("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._route("OPTIONS")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors raised by the stdlib parser (bad request line, huge headers...) as JSON."""
+        try:
+            self.close_connection = True
+            phrase = http.HTTPStatus(code).phrase if code in http.HTTPStatus._value2member_map_ else "error"
+            self._respond(code, {"error": phrase.lower(), "detail": message or phrase}, close=True)
+            log.info("rejected malformed request from %s: %s %s", self.address_string(), code, message)
+        except OSError:
+            pass
+
+    # -- routing --------------------------------------------------------------------------
+    def _route(self, verb: str) -> None:
+        services = self.server.services
+        started = time.perf_counter()
+        path = urlsplit(self.path).path
+        self._in_flight = True
+        self._body_consumed = False
+        self.server.in_flight.enter()
+        try:
+            if path not in ROUTES:
+                raise HttpError(404, {"error": "not found"})
+            origin = self.headers.get("Origin")
+            if verb == "OPTIONS" and origin:
+                return self._preflight(origin)
+            allowed = ROUTES[path]
+            if verb not in allowed:
+                raise HttpError(405, {"error": "method not allowed", "allow": list(allowed)},
+                                (("Allow", ", ".join(allowed)),))
+            self._authenticate(path, origin)
+            if path in VERSIONED_PATHS:
+                self._check_api_version()
+            if path == "/rpc":
+                self._serve_rpc()
+            elif path == "/events":
+                self._serve_events()
+            elif path == "/healthz":
+                self._respond(200, {"status": "ok", "version": __version__})
+            elif path == "/readyz":
+                ready, detail = services.readiness()
+                self._respond(200 if ready else 503, {"ready": ready, **detail})
+            elif path == "/metrics":
+                self._respond_bytes(200, services.metrics.render().encode(),
+                                    "text/plain; version=0.0.4; charset=utf-8")
+        except HttpError as error:
+            if error.close or self._unread_body():
+                # Whatever body is left would be parsed as the next request; drop the connection.
+                self.close_connection = True
+            self._respond(error.status, error.body, extra_headers=error.headers, close=error.close)
+        finally:
+            self._leave_in_flight()
+            services.metrics.inc("ccd_http_requests_total", path=path if path in ROUTES else "other")
+            services.metrics.inc("ccd_http_request_seconds_total", time.perf_counter() - started)
+
+    def _unread_body(self) -> bool:
+        if self._body_consumed:
+            return False
+        return bool(self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0")
+
+    def _leave_in_flight(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            self.server.in_flight.leave()
+
+    def _authenticate(self, path: str, origin: str | None) -> None:
+        services = self.server.services
+        authenticator = services.authenticator
+        denied = authenticator.browser_check(self.conn, self.headers.get("Host"), origin)
+        if denied is None and (path in VERSIONED_PATHS or not services.unauthenticated_metrics):
+            self.client_kind = self.headers.get("X-Client-Kind")
+            denied = authenticator.check(self.conn, self.headers.get("Authorization"), self.client_kind)
+        if denied is not None:
+            services.metrics.inc("ccd_auth_denied_total", status=str(denied.status))
+            raise HttpError.from_denied(denied)
+
+    def _check_api_version(self) -> None:
+        got = self.headers.get(API_VERSION_HEADER)
+        if got != API_VERSION:
+            raise HttpError(426, {"error": "api_version_mismatch", "expected": API_VERSION, "got": got,
+                                  "header": API_VERSION_HEADER},
+                            # RFC 9110 asks a 426 to name what to upgrade to.
+                            (("Upgrade", f"{API_VERSION_HEADER}/{API_VERSION}"),))
+
+    def _preflight(self, origin: str) -> None:
+        if not self.server.services.authenticator.origin_allowed(origin):
+            raise HttpError(403, {"error": "origin not allowed"})
+        self._respond_bytes(204, b"", None, extra_headers=(
+            ("Access-Control-Allow-Methods", "GET, POST"),
+            ("Access-Control-Allow-Headers",
+             f"Authorization, Content-Type, {API_VERSION_HEADER}, X-Client-Id, X-Client-Kind, Last-Event-ID"),
+            ("Access-Control-Max-Age", "600"),
+        ))
+
+    def _caller(self) -> Caller:
+        services = self.server.services
+        presented = self.headers.get("X-Client-Id")
+        if presented is not None and not CLIENT_ID_RE.match(presented):
+            presented = None
+        client = services.clients.resolve(presented, self.client_kind)
+        self.client_id = client.client_id
+        return Caller(client.client_id, services.clients.ref(client.client_id), client.kind,
+                      self.conn.transport, self.conn.peer)
+
+    # -- /rpc -----------------------------------------------------------------------------
+    def _serve_rpc(self) -> None:
+        caller = self._caller()
+        body = self._read_body()
+        reply = self.server.services.dispatcher.handle(body, caller)
+        if reply.payload is None:
+            self._respond_bytes(reply.status, b"", None)
+        else:
+            self._respond(reply.status, reply.payload)
+
+    def _read_body(self) -> bytes:
+        self._body_consumed = True  # from here on, any failure closes the connection itself
+        limit = self.server.services.limits.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked(limit)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return b""
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise HttpError(400, {"error": "bad request", "detail": "Content-Length is not a number"},
+                            close=True) from None
+        if length < 0:
+            raise HttpError(400, {"error": "bad request", "detail": "negative Content-Length"}, close=True)
+        if length > limit:
+            raise HttpError(413, {"error": "payload too large", "limit_bytes": limit}, close=True)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise HttpError(400, {"error": "bad request", "detail": "body shorter than Content-Length"},
+                            close=True)
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise HttpError(400, {"error": "bad request", "detail": "malformed chunk size"},
+                                close=True) from None
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HttpError(413, {"error": "payload too large", "limit_bytes": limit}, close=True)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(3)
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass  # trailers: read and ignored
+        return b"".join(parts)
+
+    # -- /events --------------------------------------------------------------------------
+    def _serve_events(self) -> None:
+        services = self.server.services
+        since, event_filter = self._event_request()
+        caller = self._caller()
+        subscription = services.bus.subscribe(since, event_filter)
+        subscription.tag = self.conn
+        self.server.reaper.disarm(self)  # a stream lives as long as its reader wants
+        self._leave_in_flight()  # a stream is not a request that shutdown should wait for
+        chunked = self.request_version != "HTTP/1.0"
+        headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+                   ("X-Accel-Buffering", "no"), ("X-Client-Id", caller.client_id)]
+        headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
+        self._write_head(200, headers)
+        writer = SseWriter(self.wfile, chunked, caller.client_id)
+        try:
+            writer.send(f"retry: {services.limits.retry_ms}\n\n")
+            self._stream(subscription, writer)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError) as exc:
+            log.debug("event stream to %s ended: %s", self.conn.peer, exc)
+        finally:
+            subscription.close()
+            self.close_connection = True
+
+    def _event_request(self) -> tuple[int | None, EventFilter]:
+        query = parse_qs(urlsplit(self.path).query)
+        since_text = self.headers.get("Last-Event-ID") or first(query.get("since"))
+        since = None
+        if since_text is not None and since_text != "":
+            try:
+                since = int(since_text)
+            except ValueError:
+                since = -1
+            if since < 0:
+                raise HttpError(400, {"error": "bad request",
+                                      "detail": "since / Last-Event-ID must be a non-negative integer"})
+        types = frozenset(t for value in query.get("types", []) + query.get("type", [])
+                          for t in value.split(",") if t)
+        return since, EventFilter(types, first(query.get("session")))
+
+    def _stream(self, subscription, writer: SseWriter) -> None:
+        heartbeat = self.server.services.limits.heartbeat_s
+        delivered = self.server.services.metrics
+        while True:
+            try:
+                batch = subscription.next_batch(heartbeat)
+            except SubscriptionEnded as ended:
+                if ended.reason == SHUTDOWN:
+                    writer.send(render_frame(None, SHUTDOWN, compact_json(
+                        {"ts": time.time(), "type": SHUTDOWN, "data": {"reason": "graceful"}})))
+                writer.finish()
+                return
+            if not batch:
+                writer.send(":\n\n")
+                continue
+            writer.send_events(batch)
+            delivered.inc("ccd_events_delivered_total", len(batch))
+
+    # -- writing --------------------------------------------------------------------------
+    def _respond(self, status: int, payload: Any, *, extra_headers: tuple[tuple[str, str], ...] = (),
+                 close: bool = False) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        self._respond_bytes(status, body, "application/json", extra_headers=extra_headers, close=close)
+
+    def _respond_bytes(self, status: int, body: bytes, content_type: str | None, *,
+                       extra_headers: tuple[tuple[str, str], ...] = (), close: bool = False) -> None:
+        headers = list(extra_headers)
+        if content_type:
+            headers.append(("Content-Type", content_type))
+        headers.append(("Content-Length", str(len(body))))
+        client_id = getattr(self, "client_id", None)
+        if client_id:
+            headers.append(("X-Client-Id", client_id))
+        if close or self.close_connection:
+            headers.append(("Connection", "close"))
+        self._write_head(status, headers, body)
+
+    def _write_head(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        """Status line, headers and body in one write: no Nagle / delayed-ACK stall."""
+        phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+        lines = [f"HTTP/1.1 {status} {phrase}", f"{API_VERSION_HEADER}: {API_VERSION}",
+                 f"Server: {self.server_version}"]
+        origin = self.headers.get("Origin") if hasattr(self, "headers") and self.headers else None
+        if origin and self.server.services.authenticator.origin_allowed(origin):
+            lines.append(f"Access-Control-Allow-Origin: {origin}")
+            lines.append("Access-Control-Expose-Headers: X-Client-Id")
+            lines.append("Vary: Origin")
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.server.services.metrics.inc("ccd_http_responses_total", status=str(status))
+
+
+def first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
+def render_frame(event_id: int | None, event_type: str, data_json: str) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event_type}\ndata: {data_json}\n\n"
+
+
+class SseWriter:
+    """Writes SSE text to a socket, framed as HTTP/1.1 chunks (or raw for HTTP/1.0)."""
+
+    def __init__(self, wfile, chunked: bool, viewer_client_id: str):
+        self._wfile = wfile
+        self._chunked = chunked
+        self._viewer = viewer_client_id
+
+    def send(self, text: str) -> None:
+        data = text.encode("utf-8")
+        if self._chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._wfile.write(data)
+
+    def send_events(self, batch: list[Event | Gap]) -> None:
+        frames = []
+        for item in batch:
+            event = item.as_event(time.time()) if isinstance(item, Gap) else item
+            frames.append(render_frame(event.id, event.type, event.to_json(self._viewer)))
+        self.send("".join(frames))
+
+    def finish(self) -> None:
+        if self._chunked:
+            self._wfile.write(b"0\r\n\r\n")
+
+
+# -- servers ----------------------------------------------------------------------------
+class Reaper:
+    """Cuts off connections whose current request outlived its deadline.
+
+    Socket timeouts apply per ``recv``; a client trickling one byte at a time would never
+    trip them. A scan once a second over the open connections (at most the connection
+    cap) costs nothing per request, unlike a timer per request.
+    """
+
+    SCAN_INTERVAL_S = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deadlines: dict[RequestHandler, float] = {}
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, name="ccd-reaper", daemon=True).start()
+
+    def arm(self, handler: RequestHandler, seconds: float) -> None:
+        with self._lock:
+            self._deadlines[handler] = time.monotonic() + seconds
+
+    def disarm(self, handler: RequestHandler) -> None:
+        with self._lock:
+            self._deadlines.pop(handler, None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.SCAN_INTERVAL_S):
+            now = time.monotonic()
+            with self._lock:
+                expired = [h for h, deadline in self._deadlines.items() if deadline <= now]
+                for handler in expired:
+                    del self._deadlines[handler]
+            for handler in expired:
+                log.info("request from %s exceeded its deadline; closing", handler.address_string())
+                try:
+                    handler.request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class InFlight:
+    """Counts requests being answered, so a graceful stop can let them finish."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    def enter(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count <= 0, timeout)
+
+
+class DaemonServerMixin:
+    """Connection cap and shared state for both socket families."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024
+    allow_reuse_address = True
+    transport = "tcp"
+    services: Services
+    reaper: Reaper
+
+    def init_daemon_server(self, services: Services) -> None:
+        self.services = services
+        self.reaper = Reaper()
+        self.in_flight = InFlight()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        services.metrics.gauge("ccd_connections_open", "Open client connections", lambda: self._active)
+
+    def process_request(self, request, client_address) -> None:
+        with self._active_lock:
+            over = self._active >= self.services.limits.max_connections
+            if not over:
+                self._active += 1
+        if over:
+            self.services.metrics.inc("ccd_connections_refused_total")
+            refuse_over_capacity(request)
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
+                                  daemon=True, name="ccd-conn")
+        thread.start()
+
+    def _serve_connection(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        log.exception("unhandled error on a connection")
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        self.reaper.stop()
+
+
+def refuse_over_capacity(sock: socket.socket) -> None:
+    body = b'{"error":"too many connections"}'
+    head = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION_HEADER}: {API_VERSION}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nRetry-After: 1\r\n"
+            "Connection: close\r\n\r\n").encode()
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head + body)
+    except OSError:
+        pass
+
+
+class TcpServer(DaemonServerMixin, socketserver.TCPServer):
+    transport = "tcp"
+
+    def __init__(self, address: ListenAddress, services: Services):
+        self.address_family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
+        self.init_daemon_server(services)
+        socketserver.TCPServer.__init__(self, (address.host, address.port), RequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call getfqdn(): a DNS round trip we do not need.
+        socketserver.TCPServer.server_bind(self)
+
+
+class UnixServer(DaemonServerMixin, socketserver.UnixStreamServer):
+    transport = "unix"
+    allow_reuse_address = False
+
+    def __init__(self, path: Path, services: Services):
+        self.init_daemon_server(services)
+        prepare_socket_path(path)
+        # Bind under a umask so the socket is 0600 from the start, not after a chmod.
+        old_umask = os.umask(0o177)
+        try:
+            socketserver.UnixStreamServer.__init__(self, str(path), RequestHandler)
+        finally:
+            os.umask(old_umask)
+
+    def get_request(self):
+        request, _ = self.socket.accept()
+        return request, ("unix", 0)
+
+
+class SocketInUse(RuntimeError):
+    """Something is listening at (or owns) the socket path; it is not ours to remove."""
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make ``path`` bindable, removing a leftover socket only when nobody answers on it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.info("removing stale socket %s (nothing listens on it)", path)
+        path.unlink()
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return
+        raise SocketInUse(f"{path} cannot be probed ({exc.strerror}); refusing to replace it") from None
+    finally:
+        probe.close()
+    raise SocketInUse(f"another process is listening on {path}")
+
+
+def make_server(address: ListenAddress, services: Services) -> TcpServer | UnixServer:
+    if address.scheme == "unix":
+        return UnixServer(Path(address.path or ""), services)
+    return TcpServer(address, services)

@@ -1,0 +1,54 @@
+"""The command line: ``cheetahclaws`` / ``cc-daemon`` / ``python -m cc_daemon``.
+
+Owns: argument parsing, one module per verb group, exit codes and human-readable output.
+A bad flag or an unusable value is one line on stderr and exit code 2, never a traceback.
+
+Exit codes (all verbs): 0 success; 1 failure; 2 bad usage or configuration;
+``daemon status`` follows LSB: 0 running, 1 dead with a stale discovery file, 3 not running,
+4 status unknown (the process is alive but does not answer).
+
+Must not: reach into daemon internals from a client verb: client verbs talk to the daemon
+over the wire through ``cc_daemon.client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import daemon_verbs, serve
+
+EXAMPLES = """examples:
+  cheetahclaws serve                                   # Unix socket under ~/.cheetahclaws/run
+  cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token
+  cheetahclaws daemon status
+  cheetahclaws daemon stop
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="cheetahclaws", description="cc_daemon: local control plane for AI coding agents.",
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    verbs.required = True
+    serve.add_parser(verbs)
+    daemon_verbs.add_parser(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130

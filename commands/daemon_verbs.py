@@ -1,0 +1,227 @@
+"""``cheetahclaws daemon status | stop | logs | rotate-token``: manage a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cc_daemon.auth import TokenStore
+from cc_daemon.client import Client, DaemonError, Endpoint
+from cc_daemon.storage import DataDir, InstanceLock, read_json
+
+from .common import add_connection, fail
+
+# LSB init-script status codes.
+RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
+
+
+def add_parser(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("daemon", help="manage a running daemon (status, stop, logs, rotate-token)")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+
+    status = actions.add_parser("status", help="is the daemon running? (exit 0 yes, 3 no; LSB codes)",
+                                epilog="example: cheetahclaws daemon status --json")
+    add_connection(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(run=run_status)
+
+    stop = actions.add_parser("stop", help="stop gracefully (system.shutdown, then SIGTERM, then SIGKILL)",
+                              epilog="example: cheetahclaws daemon stop --grace-s 10")
+    add_connection(stop)
+    stop.add_argument("--grace-s", type=float, default=10.0, metavar="S",
+                      help="seconds to wait after each step before the next, harder one (default 10)")
+    stop.set_defaults(run=run_stop)
+
+    logs = actions.add_parser("logs", help="print the daemon log (<data-dir>/logs/daemon.log)",
+                              epilog="example: cheetahclaws daemon logs -n 100 -f")
+    add_connection(logs)
+    logs.add_argument("-n", type=int, default=50, metavar="N", help="last N lines (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.set_defaults(run=run_logs)
+
+    rotate = actions.add_parser("rotate-token", help="replace the TCP bearer token (takes effect at once)",
+                                epilog="example: cheetahclaws daemon rotate-token --print-token")
+    add_connection(rotate)
+    rotate.add_argument("--print-token", action="store_true", help="print the new token")
+    rotate.set_defaults(run=run_rotate)
+
+
+def daemon_info(args: argparse.Namespace) -> tuple[DataDir, dict | None, bool]:
+    """The data dir, its discovery record, and whether a live daemon holds its lock."""
+    layout = DataDir.resolve(args.data_dir)
+    info = read_json(layout.discovery_file)
+    alive = InstanceLock(layout.lock_file).is_held_elsewhere()
+    return layout, info if isinstance(info, dict) else None, alive
+
+
+def client_for(args: argparse.Namespace, info: dict) -> Client:
+    token_path = args.token_path or info.get("token_path")
+    token = Path(token_path).read_text().strip() if token_path else None
+    endpoint = Endpoint.from_address(args.address or info["address"], token)
+    return Client(endpoint, kind="cli", client_id=None, timeout=5.0)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    layout, info, alive = daemon_info(args)
+    if info is None and not alive:
+        return report(args, NOT_RUNNING, {"running": False, "data_dir": str(layout.root)}, "not running")
+    if not alive:
+        return report(args, DEAD_WITH_PIDFILE, {"running": False, "stale_discovery": str(layout.discovery_file),
+                                                "pid": info.get("pid")},
+                      f"not running (stale discovery file for dead pid {info.get('pid')})")
+    if info is None:
+        return report(args, UNKNOWN, {"running": True}, "a daemon holds the lock but wrote no discovery file")
+    try:
+        with client_for(args, info) as client:
+            started = time.perf_counter()
+            pong = client.call("system.ping")
+            ping_ms = (time.perf_counter() - started) * 1000
+            status = client.call("system.status")
+    except (DaemonError, OSError) as exc:
+        return report(args, UNKNOWN, {"running": True, "pid": info.get("pid"), "error": str(exc)},
+                      f"pid {info.get('pid')} holds the lock but does not answer: {exc}")
+    status.update(running=True, ping=pong, ping_ms=round(ping_ms, 2))
+    lines = [f"running: pid {status['pid']}, {status['transport']} {status['address']}",
+             f"version: {status['version']} (api {status['api_version']}, python {status['python']})",
+             f"uptime:  {format_duration(status['uptime_s'])}",
+             f"ping:    {pong} in {ping_ms:.1f} ms",
+             f"events:  last id {status['last_event_id']}, {status['subscribers']} subscribers",
+             f"pending permission requests: {status['pending_permissions']}"]
+    return report(args, RUNNING, status, "\n".join(lines))
+
+
+def report(args: argparse.Namespace, code: int, payload: dict, text: str) -> int:
+    print(json.dumps(payload, indent=2, sort_keys=True) if args.json else text)
+    return code
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    layout, info, alive = daemon_info(args)
+    if not alive:
+        print("not running")
+        return 0
+    lock = InstanceLock(layout.lock_file)
+    pid = info.get("pid") if info else None
+    steps = [("system.shutdown", lambda: ask_shutdown(args, info)),
+             ("SIGTERM", lambda: signal_pid(pid, signal.SIGTERM)),
+             ("SIGKILL", lambda: signal_pid(pid, signal.SIGKILL))]
+    for name, step in steps:
+        if not step():
+            continue
+        if wait_until(lambda: not lock.is_held_elsewhere(), args.grace_s):
+            print(f"stopped (pid {pid}, via {name})")
+            return 0
+    fail(f"pid {pid} is still running after SIGKILL", 1)
+    return 1
+
+
+def ask_shutdown(args: argparse.Namespace, info: dict | None) -> bool:
+    if info is None:
+        return False
+    try:
+        with client_for(args, info) as client:
+            client.call("system.shutdown")
+        return True
+    except (DaemonError, OSError) as exc:
+        print(f"graceful shutdown request failed ({exc}); signalling", file=sys.stderr)
+        return False
+
+
+def signal_pid(pid: int | None, sig: signal.Signals) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return True  # already gone: the wait will see the lock released
+    except PermissionError:
+        return False
+
+
+def wait_until(condition, timeout_s: float, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    path = DataDir.resolve(args.data_dir).daemon_log
+    if not path.exists():
+        fail(f"no log at {path} (has the daemon run with this data dir?)", 1)
+    with open(path, "rb") as handle:
+        sys.stdout.write(b"".join(tail_lines(handle, args.n)).decode("utf-8", "replace"))
+        sys.stdout.flush()
+        if args.follow:
+            follow(path, handle)
+    return 0
+
+
+def tail_lines(handle, count: int, block: int = 8192) -> list[bytes]:
+    """The last ``count`` lines of a binary file, read backwards in blocks."""
+    if count <= 0:
+        handle.seek(0, os.SEEK_END)
+        return []
+    handle.seek(0, os.SEEK_END)
+    position = handle.tell()
+    data = b""
+    while position > 0 and data.count(b"\n") <= count:
+        step = min(block, position)
+        position -= step
+        handle.seek(position)
+        data = handle.read(step) + data
+    handle.seek(0, os.SEEK_END)
+    return data.splitlines(keepends=True)[-count:]
+
+
+def follow(path: Path, handle) -> None:
+    """Print lines as they are appended; reopen when the log is rotated."""
+    inode = os.fstat(handle.fileno()).st_ino
+    while True:
+        line = handle.readline()
+        if line:
+            sys.stdout.write(line.decode("utf-8", "replace"))
+            sys.stdout.flush()
+            continue
+        time.sleep(0.2)
+        try:
+            if os.stat(path).st_ino != inode:
+                handle.close()
+                handle = open(path, "rb")
+                inode = os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            pass
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    layout, info, alive = daemon_info(args)
+    token_path = Path(args.token_path or (info or {}).get("token_path") or layout.default_token_file)
+    rotated_live = False
+    if alive and info is not None and info.get("transport") == "tcp":
+        try:
+            with client_for(args, info) as client:
+                rotated_live = client.call("system.rotate_token")["rotated"]
+        except (DaemonError, OSError) as exc:
+            fail(f"the running daemon did not rotate its token: {exc}", 1)
+    if not rotated_live:
+        TokenStore(token_path).rotate()
+    print(f"token rotated ({'running daemon updated' if rotated_live else 'file only'}): {token_path}")
+    if args.print_token:
+        print(token_path.read_text().strip())
+    return 0

@@ -1,0 +1,107 @@
+"""``cheetahclaws serve``: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cc_daemon.daemon import Daemon, DaemonOptions, StartupError
+from cc_daemon.storage import DataDir
+from cc_daemon.transport import AddressError, Limits, ListenAddress, SocketInUse
+
+from .common import add_data_dir, fail
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_parser(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser(
+        "serve", help="run the daemon in the foreground",
+        description="Run the daemon in the foreground until SIGTERM, Ctrl-C or system.shutdown.",
+        epilog="example: cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", metavar="URL",
+                        help="unix:///abs/path.sock or tcp://HOST:PORT (port 0 picks a free port); "
+                             "default: unix://<data-dir>/run/daemon.sock")
+    add_data_dir(parser)
+    parser.add_argument("--token-path", metavar="PATH", help="bearer token file (default <data-dir>/daemon_token)")
+    parser.add_argument("--print-token", action="store_true", help="print the TCP bearer token at start")
+    parser.add_argument("--heartbeat-s", type=positive_float, default=15.0, metavar="S",
+                        help="SSE comment heartbeat after S seconds without an event (default 15)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument("--no-audit", action="store_true", help="do not write logs/auth.jsonl")
+    parser.add_argument("--unauthenticated-metrics", action="store_true",
+                        help="serve /healthz, /readyz and /metrics without authentication")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback TCP address (there is no TLS)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="browser origin allowed to call the daemon (repeatable)")
+    parser.add_argument("--event-buffer", type=positive_int, default=65536, metavar="N",
+                        help="events kept for replay (default 65536)")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=Limits.max_body_bytes, metavar="N")
+    parser.add_argument("--max-connections", type=positive_int, default=Limits.max_connections, metavar="N")
+    parser.set_defaults(run=run)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def options_from(args: argparse.Namespace) -> DaemonOptions:
+    data_dir = DataDir.resolve(args.data_dir)
+    try:
+        listen = ListenAddress.parse(args.listen) if args.listen else ListenAddress.unix(data_dir.default_socket)
+    except AddressError as exc:
+        fail(str(exc), 2)
+    return DaemonOptions(
+        listen=listen, data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
+        heartbeat_s=args.heartbeat_s, audit=not args.no_audit, unauthenticated_metrics=args.unauthenticated_metrics,
+        allow_remote=args.allow_remote, allow_origins=tuple(args.allow_origin), event_buffer=args.event_buffer,
+        limits=Limits(max_body_bytes=args.max_body_bytes, max_connections=args.max_connections),
+        log_level=args.log_level)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = Daemon(options)
+    # Signals are routed before start-up, so a SIGTERM during start still stops cleanly.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        daemon.start()
+    except (StartupError, SocketInUse) as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot start: {exc}", 2)
+    if args.unauthenticated_metrics:
+        print("warning: /healthz, /readyz and /metrics are served without authentication", file=sys.stderr)
+    if options.allow_remote and not daemon.address.is_loopback():
+        print(f"warning: listening on non-loopback {daemon.address.url()} without TLS", file=sys.stderr)
+    print(f"cc_daemon listening on {daemon.address.url()} (pid {daemon.describe()['pid']})", flush=True)
+    if args.print_token and daemon.tokens is not None:
+        print(f"token: {options.resolved_token_path.read_text().strip()}", flush=True)
+    daemon.wait()
+    daemon.stop()
+    return 0
