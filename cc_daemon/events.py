@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 #: Synthetic event types: produced per subscriber, never stored.
 GAP = "gap"
@@ -96,25 +96,50 @@ class Gap:
 
 
 class EventStore(Protocol):
-    """Where published events live. Called by the bus with the bus lock held."""
+    """Where published events live.
 
-    def append(self, event: Event) -> None: ...
+    Ids are handed out by the bus; a store may make an event *visible* (readable by
+    subscribers) later than it is appended, e.g. once it is durable. Subscribers only ever
+    read visible events, so no reader sees an id that a crash could take back.
+    """
 
-    def last_id(self) -> int: ...
+    def append(self, event: Event) -> None:
+        """Accept the next event (id = ``last_assigned_id() + 1``). Called with the bus lock
+        held: it must not block on I/O."""
+        ...
+
+    def last_assigned_id(self) -> int: ...
+
+    def last_id(self) -> int:
+        """The newest visible id."""
+        ...
 
     def oldest_id(self) -> int:
         """The smallest id still retained (``last_id() + 1`` when nothing is retained)."""
         ...
 
     def read_after(self, after_id: int, limit: int) -> list[Event]:
-        """Retained events with ids greater than ``after_id``, ascending, at most ``limit``."""
+        """Visible retained events with ids greater than ``after_id``, ascending, at most
+        ``limit``. Thread-safe; called without the bus lock."""
         ...
+
+    def wait_visible(self, event_id: int, timeout: float | None = None) -> bool:
+        """Block until ``event_id`` is visible (durable); False on timeout or failure."""
+        ...
+
+    def attach(self, on_visible: Callable[[], None]) -> None:
+        """Register the bus's wake-up, called (without any store lock held) whenever more
+        events became visible asynchronously."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class MemoryEventStore:
     """A fixed-size ring of the most recent events; older ones are evicted.
 
-    Ids are contiguous in the ring, so a read is index arithmetic, never a scan.
+    Events are visible as soon as they are appended. Ids are contiguous in the ring, so a
+    read is index arithmetic, never a scan.
     """
 
     def __init__(self, capacity: int = 65536, last_id: int = 0):
@@ -124,11 +149,16 @@ class MemoryEventStore:
         self._capacity = capacity
         self._last = last_id
         self._first_ever = last_id + 1
+        self._lock = threading.Lock()
 
     def append(self, event: Event) -> None:
-        assert event.id == self._last + 1, "ids must be contiguous"
-        self._slots[event.id % self._capacity] = event
-        self._last = event.id
+        with self._lock:
+            assert event.id == self._last + 1, "ids must be contiguous"
+            self._slots[event.id % self._capacity] = event
+            self._last = event.id
+
+    def last_assigned_id(self) -> int:
+        return self._last
 
     def last_id(self) -> int:
         return self._last
@@ -137,10 +167,20 @@ class MemoryEventStore:
         return max(self._first_ever, self._last - self._capacity + 1)
 
     def read_after(self, after_id: int, limit: int) -> list[Event]:
-        start = max(after_id + 1, self.oldest_id())
-        stop = min(self._last, start + limit - 1)
-        slots, capacity = self._slots, self._capacity
-        return [slots[i % capacity] for i in range(start, stop + 1)]  # type: ignore[misc]
+        with self._lock:
+            start = max(after_id + 1, self.oldest_id())
+            stop = min(self._last, start + limit - 1)
+            slots, capacity = self._slots, self._capacity
+            return [slots[i % capacity] for i in range(start, stop + 1)]  # type: ignore[misc]
+
+    def wait_visible(self, event_id: int, timeout: float | None = None) -> bool:
+        return event_id <= self._last
+
+    def attach(self, on_visible: Callable[[], None]) -> None:
+        pass  # appends are visible at once; the bus wakes readers itself
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -160,28 +200,42 @@ class BusClosed(RuntimeError):
     """The bus is shutting down and accepts no more events."""
 
 
+class EventNotDurable(RuntimeError):
+    """The store failed to persist an event (disk full, I/O error)."""
+
+
 class EventBus:
     """Assigns ids, stores events and wakes subscriptions. Thread-safe."""
 
     #: How many events a subscription takes from the store per wake-up.
     PAGE = 512
 
-    def __init__(self, store: EventStore | None = None, clock=time.time):
+    def __init__(self, store: EventStore | None = None, clock=time.time, durable_timeout_s: float = 30.0):
         self._store: EventStore = store if store is not None else MemoryEventStore()
         self._clock = clock
+        self._durable_timeout_s = durable_timeout_s
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._subscriptions: set[Subscription] = set()
+        self._store.attach(self._wake)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, type: str, data: dict[str, Any], *, session_id: str | None = None,
                 originator: Originator | None = None) -> Event:
+        """Publish an event; returns once the store made it visible (durable, for a durable
+        store), so an acknowledged call never loses its event."""
         with self._cond:
             if self._closed:
                 raise BusClosed("event bus is closed")
-            event = Event(self._store.last_id() + 1, self._clock(), type, data, session_id, originator)
+            event = Event(self._store.last_assigned_id() + 1, self._clock(), type, data, session_id, originator)
             self._store.append(event)
             self._cond.notify_all()
+        if not self._store.wait_visible(event.id, self._durable_timeout_s):
+            raise EventNotDurable(f"event {event.id} could not be stored")
         return event
 
     def last_id(self) -> int:
@@ -209,7 +263,8 @@ class EventBus:
             return len(self._subscriptions)
 
     def close(self) -> None:
-        """Refuse new events and end every subscription with ``shutdown``."""
+        """Refuse new events and end every subscription with ``shutdown`` (after each has
+        been offered everything already published). The store is closed by its owner."""
         with self._cond:
             self._closed = True
             for subscription in self._subscriptions:
@@ -262,12 +317,16 @@ class Subscription:
                     bus._cond.wait(remaining)
                 if self.end_reason is not None and self.end_reason != SHUTDOWN:
                     raise SubscriptionEnded(self.end_reason)
-                oldest = store.oldest_id()
-                if self.cursor + 1 < oldest:
-                    gap = Gap(self.cursor + 1, oldest - 1, "retention")
-                    self.cursor = oldest - 1
+            events = store.read_after(self.cursor, bus.PAGE)
+            if not events or events[0].id != self.cursor + 1:
+                # The store no longer holds what follows the cursor: say exactly what is gone.
+                resume_after = (events[0].id if events else store.oldest_id()) - 1
+                if resume_after > self.cursor:
+                    gap = Gap(self.cursor + 1, resume_after, "retention")
+                    self.cursor = resume_after
                     return [gap]
-                events = store.read_after(self.cursor, bus.PAGE)
+                time.sleep(0.001)  # visible but not yet readable (a store catching up): retry
+                continue
             self.cursor = events[-1].id
             wanted = [event for event in events if self.filter.accepts(event)]
             if wanted:
