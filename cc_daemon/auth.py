@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .identity import trim
 from .storage import atomic_write
 
 log = logging.getLogger("cc_daemon.auth")
@@ -204,11 +205,6 @@ class Throttle:
     def size(self) -> int:
         with self._lock:
             return len(self._failures) + len(self._locked_until)
-
-
-def trim(table: OrderedDict, limit: int) -> None:
-    while len(table) > limit:
-        table.popitem(last=False)
 
 
 # -- audit log --------------------------------------------------------------------------

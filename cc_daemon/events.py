@@ -14,6 +14,7 @@ everyone else).
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -27,14 +28,24 @@ SHUTDOWN = "shutdown"
 
 @dataclass(frozen=True, slots=True)
 class Originator:
-    """Who caused an event. ``client_id`` is the holder's secret; ``client_ref`` is public."""
+    """Who caused an event.
 
-    client_id: str
+    The daemon never keeps a client id itself (it is its holder's secret): ``client_key``
+    is a keyed hash of it that recognises the holder and is useless to anyone else, and
+    ``client_ref`` is a shorter public handle that frontends may show and compare.
+    """
+
+    client_key: str
     client_ref: str
     kind: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {"client_ref": self.client_ref, "kind": self.kind}
+
+    def is_held_by(self, viewer: Any) -> bool:
+        """True when ``viewer`` (anything with ``client_key``) is this originator."""
+        key = getattr(viewer, "client_key", None)
+        return key is not None and hmac.compare_digest(key, self.client_key)
 
 
 class Event:
@@ -52,22 +63,23 @@ class Event:
         self.originator = originator
         self._public_json: str | None = None
 
-    def as_dict(self, viewer_client_id: str | None = None) -> dict[str, Any]:
-        """The event as a client sees it: the originator's client id only for that client."""
+    def as_dict(self, viewer: Any = None) -> dict[str, Any]:
+        """The event as ``viewer`` sees it (anything with ``client_id`` and ``client_key``,
+        or None): ``originator.client_id`` appears only in the originator's own copy."""
         out: dict[str, Any] = {"id": self.id, "ts": self.ts, "type": self.type, "data": self.data}
         if self.session_id is not None:
             out["session_id"] = self.session_id
         if self.originator is not None:
             originator = self.originator.public()
-            if viewer_client_id is not None and viewer_client_id == self.originator.client_id:
-                originator["client_id"] = self.originator.client_id
+            if self.originator.is_held_by(viewer):
+                originator["client_id"] = viewer.client_id
             out["originator"] = originator
         return out
 
-    def to_json(self, viewer_client_id: str | None = None) -> str:
+    def to_json(self, viewer: Any = None) -> str:
         """Compact JSON for ``viewer``; the public rendering is computed once and shared."""
-        if self.originator is not None and viewer_client_id == self.originator.client_id:
-            return compact_json(self.as_dict(viewer_client_id))
+        if self.originator is not None and self.originator.is_held_by(viewer):
+            return compact_json(self.as_dict(viewer))
         if self._public_json is None:
             self._public_json = compact_json(self.as_dict())
         return self._public_json

@@ -1,13 +1,14 @@
 """Client identities: ids the daemon mints, persists and resumes.
 
-Owns: minting client ids (32 lowercase hex), resuming an id a client presents again,
-the public ``client_ref`` derived from an id (a truncated keyed hash, so events can say
-who did something without handing out the id, which is its holder's secret), and the
-crash-safe, bounded registry file.
+Owns: minting client ids (32 lowercase hex), resuming an id a client presents again, and
+the crash-safe, bounded registry file. A client id is its holder's secret, so the daemon
+keeps only keyed hashes of it (like a password store): ``client_key`` recognises the
+holder, ``client_ref`` is a short public handle for events. Neither the registry file nor
+any event, log or response to someone else contains a client id.
 
 A freshly minted id is *provisional* (kept in a bounded in-memory LRU) until its holder
-presents it again or it originates something; only then is it written to disk. So a
-curl loop that never sends ``X-Client-Id`` cannot grow the registry file.
+presents it again or it originates something; only then is it written to disk. So a curl
+loop that never sends ``X-Client-Id`` cannot grow the registry file.
 
 Must not: authenticate anyone (auth does that first), know about HTTP headers.
 """
@@ -29,6 +30,7 @@ from .storage import atomic_write, atomic_write_json, read_json
 
 CLIENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CLIENT_KIND_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+CLIENT_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def clean_kind(kind: str | None) -> str | None:
@@ -37,8 +39,10 @@ def clean_kind(kind: str | None) -> str | None:
 
 
 @dataclass
-class Client:
-    client_id: str
+class ClientRecord:
+    """What the registry keeps about a client: never the id itself."""
+
+    client_key: str
     kind: str | None
     created_at: float
     last_seen: float
@@ -46,82 +50,75 @@ class Client:
 
 @dataclass
 class Caller:
-    """The authenticated caller of one request, as methods see it."""
+    """The authenticated caller of one request, as methods see it (in memory only)."""
 
     client_id: str
+    client_key: str
     client_ref: str
     kind: str | None
     transport: str
     peer: str
 
     def originator(self) -> Originator:
-        return Originator(self.client_id, self.client_ref, self.kind)
+        return Originator(self.client_key, self.client_ref, self.kind)
 
 
 class ClientRegistry:
     """Thread-safe registry of known clients, persisted to a JSON file."""
 
-    def __init__(self, path: Path | None, ref_key: bytes, *, max_clients: int = 10_000,
+    def __init__(self, path: Path | None, secret: bytes, *, max_clients: int = 10_000,
                  max_provisional: int = 10_000, idle_expiry_s: float = 30 * 86400, clock=time.time):
         self._path = path
-        self._ref_key = ref_key
+        self._secret = secret
         self._max_clients = max_clients
         self._max_provisional = max_provisional
         self._idle_expiry_s = idle_expiry_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._known: OrderedDict[str, Client] = OrderedDict()
-        self._provisional: OrderedDict[str, Client] = OrderedDict()
+        self._known: OrderedDict[str, ClientRecord] = OrderedDict()
+        self._provisional: OrderedDict[str, ClientRecord] = OrderedDict()
         self._dirty = False
         self._load()
 
-    # -- public ---------------------------------------------------------------------------
-    def resolve(self, presented_id: str | None, kind: str | None) -> Client:
-        """The client behind ``presented_id``, or a freshly minted one."""
-        kind = clean_kind(kind)
-        now = self._clock()
-        client = None
-        with self._lock:
-            if presented_id:
-                client = self._known.get(presented_id)
-                if client is not None:
-                    client.last_seen = now
-                    client.kind = kind or client.kind
-                    self._known.move_to_end(presented_id)
-                    self._dirty = True
-                    return client
-                client = self._provisional.pop(presented_id, None)
-                if client is not None:
-                    client.last_seen = now
-                    client.kind = kind or client.kind
-                    self._remember(client)
-        if client is not None:
-            # Written at once: this is the moment the holder starts relying on the id.
-            self.flush()
-            return client
-        with self._lock:
-            client = Client(secrets.token_hex(16), kind, now, now)
-            self._provisional[client.client_id] = client
-            while len(self._provisional) > self._max_provisional:
-                self._provisional.popitem(last=False)
-            return client
+    # -- hashing ----------------------------------------------------------------------------
+    def key_of(self, client_id: str) -> str:
+        return hmac.new(self._secret, b"key:" + client_id.encode(), hashlib.sha256).hexdigest()
 
-    def confirm(self, client_id: str) -> None:
-        """Keep ``client_id`` across restarts (it originated something worth resuming)."""
+    def ref_of(self, client_id: str) -> str:
+        """The public handle of a client id: stable, and useless for acting as that client."""
+        return hmac.new(self._secret, b"ref:" + client_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+    # -- public -----------------------------------------------------------------------------
+    def resolve(self, presented_id: str | None, kind: str | None, transport: str, peer: str) -> Caller:
+        """The caller behind ``presented_id`` (resumed), or one with a freshly minted id."""
+        kind = clean_kind(kind)
+        if presented_id:
+            record, confirmed_now = self._resume(self.key_of(presented_id), kind)
+            if confirmed_now:
+                self.flush()  # the moment the holder starts relying on the id: write it now
+            if record is not None:
+                return self._caller(presented_id, record, transport, peer)
+        client_id = secrets.token_hex(16)
+        now = self._clock()
+        record = ClientRecord(self.key_of(client_id), kind, now, now)
         with self._lock:
-            client = self._provisional.pop(client_id, None)
-            if client is not None:
-                self._remember(client)
-        if client is not None:
+            self._provisional[record.client_key] = record
+            trim(self._provisional, self._max_provisional)
+        return self._caller(client_id, record, transport, peer)
+
+    def confirm(self, caller: Caller) -> None:
+        """Keep ``caller``'s id across restarts (it originated something worth resuming)."""
+        with self._lock:
+            record = self._provisional.pop(caller.client_key, None)
+            if record is not None:
+                self._remember(record)
+        if record is not None:
             self.flush()
 
     def is_known(self, client_id: str) -> bool:
+        key = self.key_of(client_id)
         with self._lock:
-            return client_id in self._known or client_id in self._provisional
-
-    def ref(self, client_id: str) -> str:
-        """The public reference of a client id: stable, and useless for acting as that client."""
-        return hmac.new(self._ref_key, client_id.encode(), hashlib.sha256).hexdigest()[:16]
+            return key in self._known or key in self._provisional
 
     def count(self) -> int:
         with self._lock:
@@ -133,37 +130,61 @@ class ClientRegistry:
             if not self._dirty or self._path is None:
                 return
             self._expire_idle()
-            payload = {"version": 1, "clients": [asdict(c) for c in self._known.values()]}
+            payload = {"version": 2, "clients": [asdict(record) for record in self._known.values()]}
             self._dirty = False
         atomic_write_json(self._path, payload)
 
-    # -- internals ------------------------------------------------------------------------
-    def _remember(self, client: Client) -> None:
-        self._known[client.client_id] = client
-        while len(self._known) > self._max_clients:
-            self._known.popitem(last=False)
+    # -- internals --------------------------------------------------------------------------
+    def _caller(self, client_id: str, record: ClientRecord, transport: str, peer: str) -> Caller:
+        return Caller(client_id, record.client_key, self.ref_of(client_id), record.kind, transport, peer)
+
+    def _resume(self, key: str, kind: str | None) -> tuple[ClientRecord | None, bool]:
+        now = self._clock()
+        with self._lock:
+            record = self._known.get(key)
+            confirmed_now = False
+            if record is not None:
+                self._known.move_to_end(key)
+            else:
+                record = self._provisional.pop(key, None)
+                if record is None:
+                    return None, False
+                self._remember(record)
+                confirmed_now = True
+            record.last_seen = now
+            record.kind = kind or record.kind
+            self._dirty = True
+            return record, confirmed_now
+
+    def _remember(self, record: ClientRecord) -> None:
+        self._known[record.client_key] = record
+        trim(self._known, self._max_clients)
         self._dirty = True
 
     def _expire_idle(self) -> None:
         horizon = self._clock() - self._idle_expiry_s
-        for client_id in [cid for cid, c in self._known.items() if c.last_seen < horizon]:
-            del self._known[client_id]
+        for key in [key for key, record in self._known.items() if record.last_seen < horizon]:
+            del self._known[key]
 
     def _load(self) -> None:
-        if self._path is None:
-            return
-        payload = read_json(self._path)
+        payload = read_json(self._path) if self._path is not None else None
         if not isinstance(payload, dict):
             return
         for entry in payload.get("clients", []):
             try:
-                client = Client(str(entry["client_id"]), clean_kind(entry.get("kind")),
-                                float(entry["created_at"]), float(entry["last_seen"]))
+                record = ClientRecord(str(entry["client_key"]), clean_kind(entry.get("kind")),
+                                      float(entry["created_at"]), float(entry["last_seen"]))
             except (KeyError, TypeError, ValueError):
                 continue
-            if CLIENT_ID_RE.match(client.client_id):
-                self._known[client.client_id] = client
+            if CLIENT_KEY_RE.match(record.client_key):
+                self._known[record.client_key] = record
         self._expire_idle()
+
+
+def trim(table: OrderedDict, limit: int) -> None:
+    """Drop the oldest entries of an LRU-ordered table beyond ``limit``."""
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 def load_or_create_key(path: Path) -> bytes:

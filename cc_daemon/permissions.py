@@ -106,9 +106,9 @@ class PermissionStore:
         return request
 
     # -- originator actions -----------------------------------------------------------------
-    def answer(self, request_id: str, client_id: str, result: dict[str, Any]) -> PermissionRequest:
+    def answer(self, request_id: str, caller: Any, result: dict[str, Any]) -> PermissionRequest:
         with self._lock:
-            request = self._pending_for(request_id, client_id)
+            request = self._pending_for(request_id, caller)
             self._resolve(request, ANSWERED, result)
         self._bus.publish("permission_answered",
                           {"request_id": request_id, "answer": result, "resolved_at": request.resolved_at},
@@ -116,9 +116,9 @@ class PermissionStore:
         self._notify(request)
         return request
 
-    def refresh(self, request_id: str, client_id: str, extend_s: float) -> PermissionRequest:
+    def refresh(self, request_id: str, caller: Any, extend_s: float) -> PermissionRequest:
         with self._lock:
-            request = self._pending_for(request_id, client_id)
+            request = self._pending_for(request_id, caller)
             cap = request.created_at + self._max_lifetime_s
             request.expires_at = min(request.expires_at + extend_s, cap)
             if request.timer is not None:
@@ -129,15 +129,16 @@ class PermissionStore:
                           session_id=request.session_id, originator=request.originator)
         return request
 
-    def get(self, request_id: str, client_id: str) -> PermissionRequest:
+    def get(self, request_id: str, caller: Any) -> PermissionRequest:
         with self._lock:
             request = self._find(request_id)
-            self._check_originator(request, client_id)
+            self._check_originator(request, caller)
             return request
 
-    def list_pending(self, client_id: str) -> list[PermissionRequest]:
+    def list_pending(self, caller: Any) -> list[PermissionRequest]:
+        """``caller``'s own pending requests (``caller``: anything with ``client_key``)."""
         with self._lock:
-            return sorted((r for r in self._pending.values() if r.originator.client_id == client_id),
+            return sorted((r for r in self._pending.values() if r.originator.is_held_by(caller)),
                           key=lambda r: r.created_at)
 
     def cancel_for_session(self, session_id: str, reason: str) -> None:
@@ -170,14 +171,14 @@ class PermissionStore:
         return request
 
     @staticmethod
-    def _check_originator(request: PermissionRequest, client_id: str) -> None:
-        if not secrets.compare_digest(request.originator.client_id.encode(), client_id.encode()):
+    def _check_originator(request: PermissionRequest, caller: Any) -> None:
+        if not request.originator.is_held_by(caller):
             raise RpcError(NOT_ORIGINATOR, "Only the originator of this request may act on it",
                            {"request_id": request.request_id})
 
-    def _pending_for(self, request_id: str, client_id: str) -> PermissionRequest:
+    def _pending_for(self, request_id: str, caller: Any) -> PermissionRequest:
         request = self._find(request_id)
-        self._check_originator(request, client_id)
+        self._check_originator(request, caller)
         if request.state != PENDING:
             raise RpcError(UNKNOWN_REQUEST, f"Permission request {request_id} is already {request.state}",
                            {"request_id": request_id, "state": request.state})

@@ -332,10 +332,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         presented = self.headers.get("X-Client-Id")
         if presented is not None and not CLIENT_ID_RE.match(presented):
             presented = None
-        client = services.clients.resolve(presented, self.client_kind)
-        self.client_id = client.client_id
-        return Caller(client.client_id, services.clients.ref(client.client_id), client.kind,
-                      self.conn.transport, self.conn.peer)
+        caller = services.clients.resolve(presented, self.client_kind, self.conn.transport, self.conn.peer)
+        self.client_id = caller.client_id
+        return caller
 
     # -- /rpc -----------------------------------------------------------------------------
     def _serve_rpc(self) -> None:
@@ -405,7 +404,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                    ("X-Accel-Buffering", "no"), ("X-Client-Id", caller.client_id)]
         headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
         self._write_head(200, headers)
-        writer = SseWriter(self.wfile, chunked, caller.client_id)
+        writer = SseWriter(self.wfile, chunked, caller)
         try:
             writer.send(f"retry: {services.limits.retry_ms}\n\n")
             self._stream(subscription, writer)
@@ -495,10 +494,10 @@ def render_frame(event_id: int | None, event_type: str, data_json: str) -> str:
 class SseWriter:
     """Writes SSE text to a socket, framed as HTTP/1.1 chunks (or raw for HTTP/1.0)."""
 
-    def __init__(self, wfile, chunked: bool, viewer_client_id: str):
+    def __init__(self, wfile, chunked: bool, viewer: Caller):
         self._wfile = wfile
         self._chunked = chunked
-        self._viewer = viewer_client_id
+        self._viewer = viewer
 
     def send(self, text: str) -> None:
         data = text.encode("utf-8")

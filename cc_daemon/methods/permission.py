@@ -38,7 +38,7 @@ def register(registry: Registry, context: MethodContext) -> None:
         if params.get("originator", caller.client_id) != caller.client_id:
             raise RpcError(INVALID_PARAMS, "Invalid params: originator: the originator is always the caller",
                            {"field": "originator", "reason": "naming another client is not allowed"})
-        context.clients.confirm(caller.client_id)
+        context.clients.confirm(caller)
         request = permissions.create(caller.originator(), params.get("tool", "Bash"), params.get("input", {}),
                                      params.get("rationale"), timeout_s=params.get("timeout_s"))
         return {"request_id": request.request_id, "originator": caller.client_id, "expires_at": request.expires_at}
@@ -50,7 +50,7 @@ def register(registry: Registry, context: MethodContext) -> None:
                              ("request_id", "resolved_at", "answer")),
         errors=ORIGINATOR_ERRORS)
     def answer(call: Call) -> dict:
-        request = permissions.answer(call.params["request_id"], call.caller.client_id, call.params["result"])
+        request = permissions.answer(call.params["request_id"], call.caller, call.params["result"])
         return {"request_id": request.request_id, "resolved_at": request.resolved_at, "answer": request.answer}
 
     @registry.method(
@@ -63,7 +63,7 @@ def register(registry: Registry, context: MethodContext) -> None:
                              ("request_id", "expires_at")),
         errors=ORIGINATOR_ERRORS)
     def refresh(call: Call) -> dict:
-        request = permissions.refresh(call.params["request_id"], call.caller.client_id,
+        request = permissions.refresh(call.params["request_id"], call.caller,
                                       call.params.get("extend_s", 600))
         return {"request_id": request.request_id, "expires_at": request.expires_at}
 
@@ -71,7 +71,7 @@ def register(registry: Registry, context: MethodContext) -> None:
         "permission.list", summary="The caller's own pending permission requests.",
         result=object_schema({"pending": {"type": "array", "items": SUMMARY}}, ("pending",)))
     def list_pending(call: Call) -> dict:
-        return {"pending": [r.summary() for r in permissions.list_pending(call.caller.client_id)]}
+        return {"pending": [r.summary() for r in permissions.list_pending(call.caller)]}
 
     @registry.method(
         "permission.get", summary="One of the caller's permission requests, pending or resolved.",
@@ -79,5 +79,5 @@ def register(registry: Registry, context: MethodContext) -> None:
         result={"type": "object", "required": ["request_id", "state"]},
         errors=ORIGINATOR_ERRORS)
     def get(call: Call) -> dict:
-        request: PermissionRequest = permissions.get(call.params["request_id"], call.caller.client_id)
+        request: PermissionRequest = permissions.get(call.params["request_id"], call.caller)
         return request.detail()
