@@ -132,7 +132,7 @@ class Daemon:
         if self.address.scheme == "unix":
             st = os.stat(self.address.path or "")
             self._socket_identity = (st.st_dev, st.st_ino)
-        self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                               name="ccd-accept", daemon=True)
         self._serve_thread.start()
         self._write_discovery()
@@ -236,7 +236,7 @@ class Daemon:
         log.info("stopping")
         server = self._server
         if server is not None:
-            server.shutdown()
+            server.stop_accepting()
             server.in_flight.wait_idle(grace_s)
         self.bus.close()
         deadline = time.monotonic() + 2.0

@@ -631,6 +631,20 @@ class DaemonServerMixin:
         super().server_close()  # type: ignore[misc]
         self.reaper.stop()
 
+    def stop_accepting(self) -> None:
+        """Stop the accept loop now rather than at its next poll tick."""
+        stopper = threading.Thread(target=self.shutdown, name="ccd-stop")
+        stopper.start()
+        # A throwaway connection wakes the selector the accept loop is sleeping in.
+        while stopper.is_alive():
+            try:
+                with socket.socket(self.address_family, socket.SOCK_STREAM) as poke:
+                    poke.settimeout(0.2)
+                    poke.connect(self.server_address)
+            except OSError:
+                pass
+            stopper.join(0.05)
+
 
 def refuse_over_capacity(sock: socket.socket) -> None:
     body = b'{"error":"too many connections"}'
