@@ -395,17 +395,17 @@ class RequestHandler(BaseHTTPRequestHandler):
         services = self.server.services
         since, event_filter = self._event_request()
         caller = self._caller()
-        subscription = services.bus.subscribe(since, event_filter)
-        subscription.tag = self.conn
         self.server.reaper.disarm(self)  # a stream lives as long as its reader wants
         self._leave_in_flight()  # a stream is not a request that shutdown should wait for
         chunked = self.request_version != "HTTP/1.0"
         headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
                    ("X-Accel-Buffering", "no"), ("X-Client-Id", caller.client_id)]
         headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
-        self._write_head(200, headers)
+        subscription = services.bus.subscribe(since, event_filter)
+        subscription.tag = self.conn
         writer = SseWriter(self.wfile, chunked, caller)
         try:
+            self._write_head(200, headers)
             writer.send(f"retry: {services.limits.retry_ms}\n\n")
             self._stream(subscription, writer)
         except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError) as exc:

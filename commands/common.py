@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cc_daemon.client import Client
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +20,10 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-path", metavar="PATH", help="bearer token file for a TCP daemon")
 
 
-def connect(args: argparse.Namespace, kind: str = "cli") -> Client:
+def connect(args: argparse.Namespace, kind: str = "cli"):
+    # Imported here: requests costs ~100 ms, which `serve` and `--help` should not pay.
+    from cc_daemon.client import Client
+
     token = None
     if getattr(args, "token_path", None):
         try:

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from cc_daemon.auth import TokenStore
-from cc_daemon.client import Client, DaemonError, Endpoint
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
 from .common import add_connection, fail
@@ -60,7 +58,9 @@ def daemon_info(args: argparse.Namespace) -> tuple[DataDir, dict | None, bool]:
     return layout, info if isinstance(info, dict) else None, alive
 
 
-def client_for(args: argparse.Namespace, info: dict) -> Client:
+def client_for(args: argparse.Namespace, info: dict):
+    from cc_daemon.client import Client, Endpoint
+
     token_path = args.token_path or info.get("token_path")
     token = Path(token_path).read_text().strip() if token_path else None
     endpoint = Endpoint.from_address(args.address or info["address"], token)
@@ -77,6 +77,8 @@ def run_status(args: argparse.Namespace) -> int:
                       f"not running (stale discovery file for dead pid {info.get('pid')})")
     if info is None:
         return report(args, UNKNOWN, {"running": True}, "a daemon holds the lock but wrote no discovery file")
+    from cc_daemon.client import DaemonError
+
     try:
         with client_for(args, info) as client:
             started = time.perf_counter()
@@ -129,6 +131,8 @@ def run_stop(args: argparse.Namespace) -> int:
 
 
 def ask_shutdown(args: argparse.Namespace, info: dict | None) -> bool:
+    from cc_daemon.client import DaemonError
+
     if info is None:
         return False
     try:
@@ -210,6 +214,9 @@ def follow(path: Path, handle) -> None:
 
 
 def run_rotate(args: argparse.Namespace) -> int:
+    from cc_daemon.auth import TokenStore
+    from cc_daemon.client import DaemonError
+
     layout, info, alive = daemon_info(args)
     token_path = Path(args.token_path or (info or {}).get("token_path") or layout.default_token_file)
     rotated_live = False

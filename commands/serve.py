@@ -8,10 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-from cc_daemon.daemon import Daemon, DaemonOptions, StartupError
-from cc_daemon.storage import DataDir
-from cc_daemon.transport import AddressError, Limits, ListenAddress, SocketInUse
-
 from .common import add_data_dir, fail
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -41,8 +37,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                         help="browser origin allowed to call the daemon (repeatable)")
     parser.add_argument("--event-buffer", type=positive_int, default=65536, metavar="N",
                         help="events kept for replay (default 65536)")
-    parser.add_argument("--max-body-bytes", type=positive_int, default=Limits.max_body_bytes, metavar="N")
-    parser.add_argument("--max-connections", type=positive_int, default=Limits.max_connections, metavar="N")
+    parser.add_argument("--max-body-bytes", type=positive_int, metavar="N",
+                        help="largest accepted request body (default 1 MiB; larger gets 413)")
+    parser.add_argument("--max-connections", type=positive_int, metavar="N",
+                        help="open connections served at once (default 512; beyond it 503)")
     parser.set_defaults(run=run)
 
 
@@ -66,7 +64,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def options_from(args: argparse.Namespace) -> DaemonOptions:
+def options_from(args: argparse.Namespace):
+    from cc_daemon.daemon import DaemonOptions
+    from cc_daemon.storage import DataDir
+    from cc_daemon.transport import AddressError, Limits, ListenAddress
+
     data_dir = DataDir.resolve(args.data_dir)
     try:
         listen = ListenAddress.parse(args.listen) if args.listen else ListenAddress.unix(data_dir.default_socket)
@@ -76,11 +78,16 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         listen=listen, data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
         heartbeat_s=args.heartbeat_s, audit=not args.no_audit, unauthenticated_metrics=args.unauthenticated_metrics,
         allow_remote=args.allow_remote, allow_origins=tuple(args.allow_origin), event_buffer=args.event_buffer,
-        limits=Limits(max_body_bytes=args.max_body_bytes, max_connections=args.max_connections),
+        limits=Limits(**{name: value for name, value in (("max_body_bytes", args.max_body_bytes),
+                                                           ("max_connections", args.max_connections))
+                         if value is not None}),
         log_level=args.log_level)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cc_daemon.daemon import Daemon, StartupError
+    from cc_daemon.transport import SocketInUse
+
     options = options_from(args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

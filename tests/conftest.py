@@ -152,9 +152,10 @@ def spawn_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
         if process.poll() is not None:
             raise AssertionError(f"daemon exited {process.returncode}: {process.stderr.read()}")
         try:
-            return json.loads(discovery.read_text())
+            info = json.loads(discovery.read_text())
         except (OSError, ValueError):
             return None
+        return info if info.get("pid") == process.pid else None  # not a stale file from a dead run
 
     info = wait_for(ready, 20, message="daemon discovery file")
     return process, info

@@ -1,0 +1,211 @@
+"""The HTTP layer: status codes, JSON error bodies, versions, hardening against bad clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from cc_daemon.transport import Limits
+from conftest import wait_for
+
+
+def raw_connect(daemon) -> socket.socket:
+    if daemon.is_unix:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(daemon.address[len("unix://"):])
+    else:
+        host, port = daemon.address[len("tcp://"):].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+    sock.settimeout(10)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def auth_head(daemon) -> str:
+    return "".join(f"{k}: {v}\r\n" for k, v in daemon.headers().items() if k != "Content-Type")
+
+
+def still_serving(daemon) -> bool:
+    return daemon.rpc("system.ping")["result"] == "pong"
+
+
+def test_version_header_missing_or_wrong_is_426(daemon):
+    for value in (None, "1", ""):
+        headers = daemon.headers()
+        headers.pop("Cheetahclaws-Api-Version")
+        if value is not None:
+            headers["Cheetahclaws-Api-Version"] = value
+        response = daemon.post({"jsonrpc": "2.0", "method": "system.ping", "id": 1}, headers=headers)
+        assert response.status_code == 426
+        assert response.json() == {"error": "api_version_mismatch", "expected": "0", "got": value,
+                                   "header": "Cheetahclaws-Api-Version"}
+        assert response.headers["Cheetahclaws-Api-Version"] == "0"
+        assert "Upgrade" in response.headers
+        assert daemon.get("/events", headers=headers).status_code == 426
+
+
+def test_health_endpoints(daemon):
+    assert daemon.get("/healthz").json()["status"] == "ok"
+    ready = daemon.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    daemon.rpc("system.ping")
+    metrics = daemon.get("/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    assert 'ccd_rpc_calls_total{method="system.ping",outcome="ok"}' in metrics.text
+    assert "ccd_uptime_seconds" in metrics.text
+
+
+def test_unknown_path_404_and_wrong_method_405(daemon):
+    response = daemon.get("/nope")
+    assert response.status_code == 404 and response.json() == {"error": "not found"}
+    response = daemon.get("/rpc")
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    response = daemon.http.delete(daemon.base_url + "/events", headers=daemon.headers())
+    assert response.status_code == 405 and response.json()["error"] == "method not allowed"
+
+
+def test_body_over_limit_is_413_json(make_daemon):
+    daemon = make_daemon("tcp", limits=Limits(max_body_bytes=1000))
+    response = daemon.post(b"x" * 5000, raw=True)
+    assert response.status_code == 413
+    assert response.json() == {"error": "payload too large", "limit_bytes": 1000}
+    assert still_serving(daemon)
+
+
+def test_huge_declared_body_is_refused_without_reading_it(daemon):
+    sock = raw_connect(daemon)
+    sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}"
+                 f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode())
+    status, headers, body = read_response(sock)
+    assert status == 413 and json.loads(body)["error"] == "payload too large"
+    assert headers.get("connection") == "close"
+    sock.close()
+
+
+@pytest.mark.parametrize("length", ["abc", "-5"])
+def test_bad_content_length_is_400_json(daemon, length):
+    sock = raw_connect(daemon)
+    sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}Content-Length: {length}\r\n\r\n"
+                 .encode())
+    status, _, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error"] == "bad request"
+    sock.close()
+    assert still_serving(daemon)
+
+
+def test_chunked_request_body(daemon):
+    def chunks():
+        yield b'{"jsonrpc":"2.0",'
+        yield b'"method":"system.ping","id":9}'
+
+    response = daemon.http.post(daemon.base_url + "/rpc", data=chunks(), headers=daemon.headers(), timeout=10)
+    assert response.json() == {"jsonrpc": "2.0", "result": "pong", "id": 9}
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x01\x02\r\n\r\n", b"GET\r\n\r\n", b"HELLO WORLD HTTP/9.9\r\n\r\n",
+                                     b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 70000 + b"\r\n\r\n"])
+def test_garbage_gets_a_json_4xx_and_daemon_survives(daemon, garbage):
+    sock = raw_connect(daemon)
+    sock.sendall(garbage)
+    status, headers, body = read_response(sock)
+    assert 400 <= status < 600 and status != 500
+    assert isinstance(json.loads(body), dict)
+    sock.close()
+    assert still_serving(daemon)
+
+
+def test_early_disconnect_and_broken_pipe(daemon):
+    for _ in range(20):
+        sock = raw_connect(daemon)
+        sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}Content-Length: 100\r\n\r\n{{"
+                     .encode())
+        sock.close()
+        sock = raw_connect(daemon)
+        sock.sendall(f"GET /events?since=0 HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}\r\n".encode())
+        sock.close()
+    assert still_serving(daemon)
+
+
+def test_half_sent_request_is_cut_off_at_the_deadline(make_daemon):
+    daemon = make_daemon("tcp", limits=Limits(request_timeout_s=0.5))
+    sock = raw_connect(daemon)
+    sock.sendall(b"POST /rpc HTTP/1.1\r\nHost: local")
+    started = time.monotonic()
+    # Keep trickling bytes: per-recv timeouts alone would never fire.
+    closed = False
+    while time.monotonic() - started < 5:
+        try:
+            sock.sendall(b"h")
+            time.sleep(0.05)
+        except OSError:
+            closed = True
+            break
+        sock.setblocking(False)
+        try:
+            if sock.recv(1) == b"":
+                closed = True
+                break
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+    assert closed, "a trickling client must be cut off"
+    assert time.monotonic() - started < 3
+    assert still_serving(daemon)
+
+
+def test_connection_cap_answers_503_with_retry_after(make_daemon):
+    daemon = make_daemon("tcp", limits=Limits(max_connections=3))
+    held = [raw_connect(daemon) for _ in range(3)]
+    for sock in held:  # make sure each is being served (a request in flight keeps it open)
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}\r\n".encode())
+        assert read_response(sock)[0] == 200
+    extra = raw_connect(daemon)
+    status, headers, body = read_response(extra)
+    assert status == 503 and headers["retry-after"] == "1"
+    assert json.loads(body) == {"error": "too many connections"}
+    for sock in held:
+        sock.close()
+    wait_for(lambda: still_serving(daemon), message="capacity back")
+
+
+def test_keep_alive_survives_an_error_response(daemon):
+    sock = raw_connect(daemon)
+    for i in range(3):
+        body = b'{"jsonrpc":"2.0","method":"nope","id":1}' if i % 2 else b"{bad json"
+        sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}Content-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        status, headers, payload = read_response(sock)
+        assert status == 200 and "error" in json.loads(payload)
+    sock.close()
+
+
+def test_refused_request_with_unread_body_does_not_poison_keep_alive(daemon):
+    sock = raw_connect(daemon)
+    body = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+    sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    status, headers, _ = read_response(sock)
+    assert status in (401, 426)
+    assert headers.get("connection") == "close"
+    sock.close()

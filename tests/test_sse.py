@@ -1,0 +1,190 @@
+"""GET /events: SSE framing, replay, Last-Event-ID, filters, gaps, heartbeats, shutdown."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+import sseclient
+
+from conftest import wait_for
+
+
+def open_stream(daemon, query: str = "", headers: dict | None = None):
+    response = daemon.get("/events" + query, headers={**daemon.headers(), **(headers or {})}, stream=True,
+                          timeout=(5, 10))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    return response, sseclient.SSEClient(response.iter_content(chunk_size=None)).events()
+
+
+def publish(daemon, n: int, **params) -> None:
+    batch = [{"jsonrpc": "2.0", "method": "echo.ping", "params": {"n": i, **params}, "id": i} for i in range(n)]
+    for i in range(0, n, 100):
+        assert daemon.post(batch[i:i + 100]).status_code == 200
+
+
+def take(events, count: int) -> list[dict]:
+    out = []
+    for sse in events:
+        out.append({"sse": sse, **json.loads(sse.data)})
+        if len(out) == count:
+            return out
+    raise AssertionError("stream ended early")
+
+
+def test_frame_shape_matches_the_contract(daemon):
+    response, events = open_stream(daemon, "?since=0")
+    publish(daemon, 1)
+    (event,) = take(events, 1)
+    sse = event["sse"]
+    assert sse.id == str(event["id"]) and sse.event == "ping_received"
+    assert set(event) >= {"id", "ts", "type", "data"}
+    assert event["data"]["params"] == {"n": 0}
+    response.close()
+
+
+def test_first_frame_is_retry_and_stream_is_chunked(daemon):
+    response = daemon.get("/events", stream=True, timeout=(5, 5))
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    first = next(response.iter_content(chunk_size=None))
+    assert first.startswith(b"retry: ")
+    response.close()
+
+
+def test_replay_then_live_tail_without_duplicates(daemon):
+    publish(daemon, 30)
+    response, events = open_stream(daemon, "?since=10")
+    stop = threading.Event()
+
+    def publish_more():
+        publish(daemon, 40)
+        stop.set()
+
+    threading.Thread(target=publish_more).start()
+    got = take(events, 20 + 40)
+    ids = [e["id"] for e in got]
+    assert ids == list(range(11, 71))
+    response.close()
+
+
+def test_last_event_id_header_wins_over_since(daemon):
+    publish(daemon, 10)
+    response, events = open_stream(daemon, "?since=2", headers={"Last-Event-ID": "7"})
+    assert [e["id"] for e in take(events, 3)] == [8, 9, 10]
+    response.close()
+
+
+def test_no_since_means_live_only(daemon):
+    publish(daemon, 5)
+    response, events = open_stream(daemon)
+    publish(daemon, 1, live=True)
+    (event,) = take(events, 1)
+    assert event["id"] == 6 and event["data"]["params"]["live"] is True
+    response.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5"])
+def test_bad_since_is_400_json(daemon, value):
+    response = daemon.get(f"/events?since={value}")
+    assert response.status_code == 400
+    assert "since" in response.json()["detail"]
+
+
+def test_type_filter(daemon):
+    daemon.rpc("permission.demo", {"timeout_s": 600})
+    publish(daemon, 3)
+    response, events = open_stream(daemon, "?since=0&types=permission_request")
+    (event,) = take(events, 1)
+    assert event["type"] == "permission_request"
+    publish(daemon, 2)
+    daemon.rpc("permission.demo", {"timeout_s": 600})
+    (event,) = take(events, 1)
+    assert event["type"] == "permission_request" and event["id"] == 7
+    response.close()
+
+
+def test_gap_when_requested_ids_were_evicted(make_daemon):
+    daemon = make_daemon("tcp", event_buffer=16)
+    publish(daemon, 40)
+    response, events = open_stream(daemon, "?since=3")
+    gap, first = take(events, 2)
+    assert gap["type"] == "gap"
+    assert gap["data"] == {"missed_from": 4, "missed_to": 24, "reason": "retention"}
+    assert gap["sse"].id == "24"
+    assert first["id"] == 25
+    response.close()
+
+
+def test_slow_reader_gets_exact_gap_and_never_blocks_publishers(make_daemon):
+    daemon = make_daemon("tcp", event_buffer=64)
+    # A raw socket that asks for the stream and then does not read it.
+    host, port = daemon.address[len("tcp://"):].rsplit(":", 1)
+    lazy = socket.socket()
+    lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    lazy.connect((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in daemon.headers().items())
+    lazy.sendall(f"GET /events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
+    publish(daemon, 3000, pad="x" * 200)  # publishers are not slowed by the stalled reader
+    assert daemon.rpc("system.ping")["result"] == "pong"
+    # Now read everything: ids must be increasing, and any hole must be announced by a gap.
+    lazy.settimeout(5)
+    buffer = b""
+    while b'"n":2999' not in buffer:
+        chunk = lazy.recv(1 << 20)
+        assert chunk, "stream closed"
+        buffer += chunk
+    lazy.close()
+    seen, expected = [], 1
+    for line in buffer.decode(errors="replace").splitlines():
+        if line.startswith("data: "):
+            event = json.loads(line[6:])
+            if event["type"] == "gap":
+                assert event["data"]["missed_from"] == expected
+                expected = event["data"]["missed_to"] + 1
+            else:
+                assert event["id"] == expected
+                expected += 1
+            seen.append(event)
+    assert expected == 3001
+    assert any(e["type"] == "gap" for e in seen)
+
+
+def test_heartbeat_comment_when_idle(make_daemon):
+    daemon = make_daemon("tcp", heartbeat_s=0.2)
+    response = daemon.get("/events", stream=True, timeout=(5, 5))
+    chunks = response.iter_content(chunk_size=None)
+    assert next(chunks).startswith(b"retry:")
+    assert next(chunks) == b":\n\n"
+    response.close()
+
+
+def test_graceful_shutdown_sends_shutdown_event_and_is_never_replayed(make_daemon):
+    daemon = make_daemon("unix")
+    publish(daemon, 2)
+    response, events = open_stream(daemon, "?since=0")
+    take(events, 2)
+    assert daemon.rpc("system.shutdown")["result"] == "shutdown_initiated"
+    wait_for(lambda: daemon.daemon.wait(0), message="stop requested")
+    stopper = threading.Thread(target=daemon.daemon.stop)
+    stopper.start()
+    (event,) = take(events, 1)
+    assert event["type"] == "shutdown" and event["data"] == {"reason": "graceful"}
+    assert event["sse"].id is None  # never a replayable id
+    stopper.join(10)
+    assert not daemon.address[len("unix://"):] or not __import__("os").path.exists(daemon.address[7:])
+
+
+def test_curl_style_http10_stream_is_close_delimited(tcp_daemon):
+    host, port = tcp_daemon.address[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in tcp_daemon.headers().items())
+        sock.sendall(f"GET /events?since=0 HTTP/1.0\r\n{head}\r\n".encode())
+        publish(tcp_daemon, 1)
+        sock.settimeout(5)
+        data = b""
+        while b"ping_received" not in data:
+            data += sock.recv(65536)
+        assert b"Transfer-Encoding" not in data.split(b"\r\n\r\n")[0]
