@@ -3,8 +3,8 @@
 Owns: locating a running daemon (discovery file, or an explicit ``unix://`` / ``tcp://``
 address and token), the HTTP session over either transport (``requests`` plus the
 maintained ``requests-unixsocket`` adapter), the client id kept per client kind, typed
-exceptions for every error the daemon can answer, and an event iterator that reconnects
-with ``Last-Event-ID`` and surfaces gaps.
+exceptions for every error the daemon can answer, an event stream that reconnects with
+``Last-Event-ID`` and surfaces gaps, and typed helpers for sessions and permissions.
 
 Must not: import daemon internals; it speaks only the wire contract, like any frontend.
 
@@ -20,12 +20,14 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
-import time
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode
 
 import requests
@@ -35,20 +37,33 @@ import sseclient
 from . import API_VERSION, API_VERSION_HEADER
 from .storage import DataDir, atomic_write, read_json
 
-_UNSET = object()
+log = logging.getLogger("cc_daemon.client")
+
+_UNSET: Any = object()
+
+#: What a client kind may look like: it names a file under ``clients/``.
+KIND_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,31}$")
 
 
 # -- exceptions -------------------------------------------------------------------------
 class DaemonError(Exception):
-    """Anything that went wrong talking to the daemon."""
+    """Base class of everything that can go wrong talking to the daemon."""
 
 
 class NotRunning(DaemonError):
     """No daemon answers at the address (or no discovery file names one)."""
 
 
+class NoAnswer(DaemonError):
+    """The daemon accepted the connection but did not answer in time."""
+
+
+class ProtocolError(DaemonError):
+    """The daemon sent something the wire contract does not allow (a bug on its side)."""
+
+
 class HttpStatusError(DaemonError):
-    """An HTTP-level refusal; ``status`` and the JSON ``body`` say which."""
+    """An HTTP-level refusal; ``status`` and the decoded JSON ``body`` say which."""
 
     def __init__(self, status: int, body: Any, message: str | None = None):
         super().__init__(message or f"HTTP {status}: {body}")
@@ -61,15 +76,15 @@ class Unauthenticated(HttpStatusError):
 
 
 class RateLimited(HttpStatusError):
-    """429: too many failed attempts; ``retry_after`` seconds until the next try."""
+    """429: too many failed attempts from this peer; ``retry_after`` seconds until the next try."""
 
     def __init__(self, status: int, body: Any, retry_after: float | None):
-        super().__init__(status, body, f"rate limited; retry after {retry_after} s")
+        super().__init__(status, body, f"rate limited by the daemon; retry after {retry_after} s")
         self.retry_after = retry_after
 
 
 class VersionMismatch(HttpStatusError):
-    """426: the daemon speaks another wire-contract version."""
+    """426: the daemon speaks another wire-contract version; ``expected`` names it."""
 
     def __init__(self, status: int, body: Any):
         expected = body.get("expected") if isinstance(body, dict) else None
@@ -79,7 +94,10 @@ class VersionMismatch(HttpStatusError):
 
 
 class RpcCallError(DaemonError):
-    """A JSON-RPC error response. Subclasses name the codes the contract defines."""
+    """A JSON-RPC error response, with its ``code``, ``message`` and ``data``.
+
+    Subclasses name the codes the contract defines; any other code arrives as this class.
+    """
 
     code: int = 0
 
@@ -91,33 +109,43 @@ class RpcCallError(DaemonError):
 
 
 class ParseError(RpcCallError):
+    """-32700: the daemon could not parse the request body as JSON."""
+
     code = -32700
 
 
 class InvalidRequest(RpcCallError):
+    """-32600: the body is JSON but not a valid JSON-RPC request (or an empty batch)."""
+
     code = -32600
 
 
 class MethodNotFound(RpcCallError):
+    """-32601: no such method; ``rpc.discover`` lists the ones there are."""
+
     code = -32601
 
 
 class InvalidParams(RpcCallError):
+    """-32602: the params do not match the method's schema; ``data["field"]`` says where."""
+
     code = -32602
 
 
 class InternalError(RpcCallError):
+    """-32603: the daemon failed; ``data["error_id"]`` finds the traceback in its log."""
+
     code = -32603
 
 
 class NotOriginator(RpcCallError):
-    """Only the originator of a permission request may answer or refresh it."""
+    """-32001 (HTTP 403): only the originator of a permission request may answer or refresh it."""
 
     code = -32001
 
 
 class UnknownRequest(RpcCallError):
-    """The permission request does not exist or is already resolved."""
+    """-32002: the permission request does not exist or is already resolved."""
 
     code = -32002
 
@@ -126,25 +154,46 @@ _ERRORS_BY_CODE = {cls.code: cls for cls in (ParseError, InvalidRequest, MethodN
                                               InternalError, NotOriginator, UnknownRequest)}
 
 
-def rpc_error(error: dict[str, Any]) -> RpcCallError:
+def rpc_error(error: Any) -> RpcCallError:
+    """The typed exception for a JSON-RPC ``error`` object."""
+    if not isinstance(error, dict):
+        return RpcCallError(0, f"malformed error object: {error!r}")
     code = error.get("code", 0)
     return _ERRORS_BY_CODE.get(code, RpcCallError)(code, error.get("message", ""), error.get("data"))
 
 
 class EventGap(DaemonError):
-    """Raised by ``events(raise_on_gap=True)`` when the daemon no longer has some events."""
+    """Raised by ``events(raise_on_gap=True)``: the daemon no longer has some events.
+
+    ``event`` is the ``gap`` event; ``missed_from`` .. ``missed_to`` (inclusive) are gone.
+    Iterating the same stream again continues after the hole.
+    """
 
     def __init__(self, event: dict[str, Any]):
         data = event.get("data", {})
-        super().__init__(f"events {data.get('missed_from')}..{data.get('missed_to')} are gone "
-                         f"({data.get('reason')})")
         self.event = event
+        self.missed_from = data.get("missed_from")
+        self.missed_to = data.get("missed_to")
+        super().__init__(f"events {self.missed_from}..{self.missed_to} are gone ({data.get('reason')})")
+
+
+class EventLogReset(DaemonError):
+    """After a reconnect the daemon's newest event id is older than the last one we saw.
+
+    Its event log was replaced (a wiped data dir, or a daemon without a durable log), so
+    resuming by id would silently skip the new log's events. Start again with ``since=0``.
+    """
+
+    def __init__(self, last_seen: int, daemon_last: int):
+        super().__init__(f"the daemon's event log restarted: we saw id {last_seen}, its newest is {daemon_last}")
+        self.last_seen = last_seen
+        self.daemon_last = daemon_last
 
 
 # -- addresses --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a daemon listens, as a base URL requests understands, plus its token."""
+    """Where a daemon listens: its address, the base URL requests understands, its token."""
 
     address: str
     base_url: str
@@ -152,18 +201,20 @@ class Endpoint:
 
     @classmethod
     def from_address(cls, address: str, token: str | None = None) -> Endpoint:
+        """``unix:///abs/path.sock`` (no token needed) or ``tcp://HOST:PORT`` (``[::1]`` for IPv6)."""
         if address.startswith("unix://"):
             return cls(address, "http+unix://" + quote(address[len("unix://"):], safe=""), None)
         if address.startswith("tcp://"):
-            return cls(address, "http://" + address[len("tcp://"):], token)
-        raise ValueError(f"unsupported daemon address {address!r}")
+            return cls(address, "http://" + address[len("tcp://"):].rstrip("/"), token)
+        raise ValueError(f"unsupported daemon address {address!r}: use unix:///abs/path.sock or tcp://HOST:PORT")
 
 
 def discover(data_dir: str | os.PathLike[str] | None = None) -> tuple[Endpoint, dict[str, Any]]:
-    """The endpoint of the daemon serving ``data_dir``, from its discovery file."""
+    """The endpoint of the daemon serving ``data_dir`` (default: ``$CHEETAHCLAWS_HOME`` or
+    ``~/.cheetahclaws``) and its discovery record; raises ``NotRunning`` without one."""
     layout = DataDir.resolve(data_dir)
     info = read_json(layout.discovery_file)
-    if not isinstance(info, dict) or "address" not in info:
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str):
         raise NotRunning(f"no daemon discovery file at {layout.discovery_file}; is the daemon running?")
     token = None
     if info.get("token_path"):
@@ -176,35 +227,57 @@ def discover(data_dir: str | os.PathLike[str] | None = None) -> tuple[Endpoint, 
 
 # -- the client -------------------------------------------------------------------------
 class Client:
-    """A connection to one daemon. Thread-compatible: use one Client per thread."""
+    """A connection to one daemon. Use one Client per thread (``requests`` sessions are not
+    thread-safe); two Clients of the same ``kind`` and data dir share one client id.
 
-    def __init__(self, endpoint: Endpoint, *, kind: str = "cli", client_id: str | None | object = _UNSET,
-                 id_dir: Path | None = None, timeout: float = 30.0):
+    ``sessions`` and ``permissions`` hold typed helpers over ``call``.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, kind: str = "cli", client_id: str | None = _UNSET,
+                 id_dir: Path | None = None, timeout: float = 30.0,
+                 rediscover: Callable[[], Endpoint] | None = None):
+        """``client_id``: the id to present (default: the one saved in ``id_dir/<kind>.id``);
+        ``id_dir``: where ids are saved (None: nowhere); ``rediscover``: how to find the
+        daemon again after it restarts (``connect`` passes the discovery file)."""
+        if not KIND_RE.match(kind):
+            raise ValueError(f"client kind must match {KIND_RE.pattern}: {kind!r}")
         self.endpoint = endpoint
         self.kind = kind
         self.timeout = timeout
-        self._id_file = (id_dir / f"{kind}.id") if id_dir is not None else None
-        if client_id is _UNSET:
-            client_id = self._load_client_id()
-        self.client_id: str | None = client_id  # type: ignore[assignment]
-        self._session = requests_unixsocket.Session()
+        self._rediscover = rediscover
+        self._id_file = (Path(id_dir) / f"{kind}.id") if id_dir is not None else None
+        self.client_id: str | None = self._load_client_id() if client_id is _UNSET else client_id
+        self._http = requests_unixsocket.Session()
+        # Serialises requests until the daemon has minted our id, so that two threads'
+        # first requests (say a call and an event stream) do not get two different ids.
+        self._id_lock = threading.Lock()
         self._next_id = 0
+        self.sessions = Sessions(self)
+        self.permissions = Permissions(self)
 
     @classmethod
     def connect(cls, address: str | None = None, *, token: str | None = None,
                 data_dir: str | os.PathLike[str] | None = None, kind: str = "cli",
                 persist_id: bool = True, timeout: float = 30.0) -> Client:
-        """Connect to the daemon at ``address``, or the one the discovery file names."""
+        """Connect to the daemon at ``address``, or to the one the discovery file of
+        ``data_dir`` names (then a restarted daemon is found again, even on a new port or
+        with a rotated token). The client id is kept in ``<data_dir>/clients/<kind>.id``
+        unless ``persist_id`` is false. Nothing is sent until the first call."""
         layout = DataDir.resolve(data_dir)
+        rediscover = None
         if address is None:
             endpoint, _ = discover(data_dir)
-            if token is not None:
+            if token is None:
+                def rediscover() -> Endpoint:
+                    return discover(data_dir)[0]
+            else:
                 endpoint = Endpoint(endpoint.address, endpoint.base_url, token)
         else:
             endpoint = Endpoint.from_address(address, token)
-        return cls(endpoint, kind=kind, id_dir=layout.clients_dir if persist_id else None, timeout=timeout)
+        return cls(endpoint, kind=kind, id_dir=layout.clients_dir if persist_id else None, timeout=timeout,
+                   rediscover=rediscover)
 
-    # -- id persistence ---------------------------------------------------------------------
+    # -- client id --------------------------------------------------------------------------
     def _load_client_id(self) -> str | None:
         if self._id_file is None:
             return None
@@ -218,12 +291,23 @@ class Client:
         if not value or value == self.client_id:
             return
         self.client_id = value
-        if self._id_file is not None:
+        if self._id_file is None:
+            return
+        try:
             self._id_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             atomic_write(self._id_file, (value + "\n").encode())
+        except OSError as exc:
+            # The id still works for this process; only resuming it next time is lost.
+            log.warning("cannot save the client id to %s: %s", self._id_file, exc)
+
+    def is_originator(self, event: dict[str, Any]) -> bool:
+        """True when this client caused ``event`` (only its originator's copy names the id)."""
+        originator = event.get("originator") or {}
+        return self.client_id is not None and originator.get("client_id") == self.client_id
 
     # -- HTTP -------------------------------------------------------------------------------
     def headers(self) -> dict[str, str]:
+        """The contract's request headers: API version, kind, client id, bearer token (TCP)."""
         headers = {API_VERSION_HEADER: API_VERSION, "X-Client-Kind": self.kind}
         if self.client_id:
             headers["X-Client-Id"] = self.client_id
@@ -233,53 +317,74 @@ class Client:
 
     def request(self, verb: str, path: str, *, headers: dict[str, str] | None = None,
                 **kwargs: Any) -> requests.Response:
-        """One HTTP request with the contract's headers; raises on HTTP-level refusals."""
+        """One HTTP request with the contract's headers; raises the typed exception for an
+        HTTP-level refusal (401, 426, 429, ...) and ``NotRunning`` when nobody answers."""
         kwargs.setdefault("timeout", self.timeout)
+        if self.client_id is None:
+            with self._id_lock:
+                return self._send(verb, path, headers, kwargs)
+        return self._send(verb, path, headers, kwargs)
+
+    def _send(self, verb: str, path: str, headers: dict[str, str] | None, kwargs: dict[str, Any]) -> requests.Response:
         try:
-            response = self._session.request(verb, self.endpoint.base_url + path,
-                                             headers={**self.headers(), **(headers or {})}, **kwargs)
+            response = self._http.request(verb, self.endpoint.base_url + path,
+                                          headers={**self.headers(), **(headers or {})}, **kwargs)
+        except requests.Timeout:
+            raise NoAnswer(f"the daemon at {self.endpoint.address} did not answer within "
+                           f"{kwargs['timeout']} s") from None
         except requests.ConnectionError as exc:
-            raise NotRunning(f"no daemon answers at {self.endpoint.address}: {exc}") from None
+            raise NotRunning(f"no daemon answers at {self.endpoint.address} ({reason_of(exc)})") from None
         self._remember_client_id(response.headers.get("X-Client-Id"))
         raise_for_http_status(response)
         return response
 
-    def _post_rpc(self, payload: Any) -> Any:
+    def post_rpc(self, payload: Any) -> Any:
+        """POST ``payload`` (a request object or a batch array) to ``/rpc``; returns the
+        decoded reply, or None when the daemon answers nothing (notifications)."""
         response = self.request("POST", "/rpc", data=json.dumps(payload).encode(),
                                 headers={"Content-Type": "application/json"})
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise ProtocolError(f"/rpc answered HTTP {response.status_code} with a body that is not JSON") from None
 
     # -- JSON-RPC ---------------------------------------------------------------------------
-    def call(self, method: str, *args: Any, **params: Any) -> Any:
-        """Call ``method`` (by-position ``args`` or by-name ``params``); raise on error."""
+    def call(self, method: str, /, *args: Any, **params: Any) -> Any:
+        """Call ``method`` with by-position ``args`` or by-name ``params`` and return its
+        result; a JSON-RPC error raises its ``RpcCallError`` subclass."""
         if args and params:
             raise TypeError("pass params by position or by name, not both")
-        reply = self._post_rpc(self._request(method, list(args) if args else params))
+        reply = self.post_rpc(self._request(method, list(args) if args else params))
+        if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
+            raise ProtocolError(f"{method}: expected a JSON-RPC response object, got {reply!r:.200}")
         if "error" in reply:
             raise rpc_error(reply["error"])
         return reply["result"]
 
-    def notify(self, method: str, **params: Any) -> None:
-        """Send a notification: the daemon runs it and answers nothing."""
+    def notify(self, method: str, /, **params: Any) -> None:
+        """Send a notification: the daemon runs ``method`` and answers nothing, not even errors."""
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params:
             message["params"] = params
-        self._post_rpc(message)
+        self.post_rpc(message)
 
-    def batch(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-        """Several calls in one request; returns results in order, exceptions in place of errors."""
-        requests_ = [self._request(method, params) for method, params in calls]
-        replies = self._post_rpc(requests_) or []
-        if isinstance(replies, dict):  # the daemon refused the batch as a whole
-            raise rpc_error(replies["error"])
-        by_id = {reply.get("id"): reply for reply in replies}
-        out: list[Any] = []
-        for message in requests_:
-            reply = by_id.get(message["id"], {})
-            out.append(rpc_error(reply["error"]) if "error" in reply else reply.get("result"))
-        return out
+    def batch(self, calls: Iterable[tuple[str, dict[str, Any] | list[Any] | None]]) -> list[Any]:
+        """Several calls in one HTTP request: ``[(method, params), ...]``. Returns their
+        results in order, with an ``RpcCallError`` instance (not raised) for each that failed."""
+        messages = [self._request(method, params) for method, params in calls]
+        replies = self.post_rpc(messages)
+        if isinstance(replies, dict):  # the daemon refused the batch as a whole (e.g. empty)
+            raise rpc_error(replies.get("error"))
+        by_id = {reply.get("id"): reply for reply in replies or [] if isinstance(reply, dict)}
+        results: list[Any] = []
+        for message in messages:
+            reply = by_id.get(message["id"])
+            if reply is None:
+                raise ProtocolError(f"the batch reply has no response for {message['method']} (id {message['id']})")
+            results.append(rpc_error(reply["error"]) if "error" in reply else reply.get("result"))
+        return results
 
     def _request(self, method: str, params: Any) -> dict[str, Any]:
         self._next_id += 1
@@ -288,62 +393,69 @@ class Client:
             message["params"] = params
         return message
 
+    # -- shortcuts --------------------------------------------------------------------------
+    def ping(self) -> str:
+        """``system.ping``: ``"pong"`` when the daemon is alive."""
+        return self.call("system.ping")
+
+    def status(self) -> dict[str, Any]:
+        """``system.status``: pid, version, address, uptime, ``last_event_id``, counters."""
+        return self.call("system.status")
+
+    def last_event_id(self) -> int:
+        """The newest event id; pass it as ``since`` to see only what happens after now."""
+        return int(self.status()["last_event_id"])
+
     # -- events -----------------------------------------------------------------------------
-    def events(self, since: int | None = None, *, types: list[str] | None = None, session: str | None = None,
-               reconnect: bool = True, raise_on_gap: bool = False, max_backoff_s: float = 10.0,
-               read_timeout: float | None = 60.0) -> Iterator[dict[str, Any]]:
-        """Yield events as dicts, resuming after drops and daemon restarts with ``Last-Event-ID``.
+    def events(self, since: int | None = None, *, types: Iterable[str] | None = None,
+               session: str | None = None, reconnect: bool = True, raise_on_gap: bool = False,
+               max_backoff_s: float = 10.0, read_timeout: float | None = 60.0,
+               on_reconnect: Callable[[str], None] | None = None) -> EventStream:
+        """Follow ``/events`` as an iterator of event dicts (``id, ts, type, data``, maybe
+        ``session_id`` and ``originator``).
 
-        ``gap`` events are yielded like any other (or raised as ``EventGap``); a
-        ``shutdown`` event is yielded and then the iterator waits for the daemon to return
-        (or stops, with ``reconnect=False``).
+        ``since``: replay every retained event after this id first (None: only events
+        published after this call).
+        ``types`` / ``session`` filter on the daemon's side. After a dropped connection or a
+        daemon restart the stream reconnects with ``Last-Event-ID`` and jittered exponential
+        backoff (up to ``max_backoff_s``), so nothing is lost or repeated; ``on_reconnect``
+        is told about each drop and recovery in words. A ``gap`` event (ids the daemon no
+        longer has) is yielded like any other, or raised as ``EventGap`` when
+        ``raise_on_gap``. ``shutdown`` is yielded too, then the stream waits for the daemon
+        to come back (with ``reconnect=False`` it ends there, and a drop raises). The first
+        connection is not retried, so a wrong address fails at once.
         """
-        # Without a starting point, pin "now" so that a reconnect resumes without a hole.
-        last_id = since if since is not None else self.call("system.status")["last_event_id"]
-        backoff = 0.2
-        while True:
-            try:
-                for event in self._stream_once(last_id, types, session, read_timeout):
-                    backoff = 0.2
-                    if event.get("type") == "gap" and raise_on_gap:
-                        raise EventGap(event)
-                    if event.get("id") is not None:
-                        last_id = event["id"]
-                    yield event
-                    if event.get("type") == "shutdown" and not reconnect:
-                        return
-            except (NotRunning, requests.RequestException, ConnectionError):
-                if not reconnect:
-                    raise
-            if not reconnect:
-                return
-            time.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff_s)
+        if since is None:
+            # Pin "now" here, not at the first read, so that nothing published in between is
+            # missed, and so that a later reconnect resumes from here without a hole.
+            since = self.last_event_id()
+        return EventStream(self, since, types=list(types or ()), session=session, reconnect=reconnect,
+                           raise_on_gap=raise_on_gap, max_backoff_s=max_backoff_s, read_timeout=read_timeout,
+                           on_reconnect=on_reconnect)
 
-    def _stream_once(self, last_id: int | None, types: list[str] | None, session: str | None,
-                     read_timeout: float | None) -> Iterator[dict[str, Any]]:
-        query = {}
-        if types:
-            query["types"] = ",".join(types)
-        if session:
-            query["session"] = session
+    def _open_stream(self, last_id: int | None, query: dict[str, str],
+                     read_timeout: float | None) -> requests.Response:
         path = "/events" + (f"?{urlencode(query)}" if query else "")
         extra = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+        return self.request("GET", path, headers=extra, stream=True, timeout=(self.timeout, read_timeout))
+
+    def refresh_endpoint(self) -> bool:
+        """Re-read the discovery file (when connected through it); True if the address or
+        token changed, e.g. a restarted daemon on a new port or a rotated token."""
+        if self._rediscover is None:
+            return False
         try:
-            response = self._session.get(self.endpoint.base_url + path, headers={**self.headers(), **extra},
-                                         stream=True, timeout=(self.timeout, read_timeout))
-        except requests.ConnectionError as exc:
-            raise NotRunning(f"no daemon answers at {self.endpoint.address}: {exc}") from None
-        self._remember_client_id(response.headers.get("X-Client-Id"))
-        raise_for_http_status(response)
-        with response:
-            # chunk_size=None: hand over each chunk as it arrives, never wait to fill a buffer.
-            for sse in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
-                yield json.loads(sse.data)
+            endpoint = self._rediscover()
+        except DaemonError:
+            return False
+        changed = endpoint != self.endpoint
+        self.endpoint = endpoint
+        return changed
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
-        self._session.close()
+        """Close the pooled HTTP connections."""
+        self._http.close()
 
     def __enter__(self) -> Client:
         return self
@@ -352,16 +464,286 @@ class Client:
         self.close()
 
 
+#: Failures after which a stream tries again: the daemon went away or is restarting.
+_TRANSIENT = (NotRunning, NoAnswer, requests.RequestException, ConnectionError)
+
+
+class EventStream:
+    """An iterator over a daemon's events that survives drops and restarts.
+
+    ``last_id`` is the id of the newest event delivered so far (a ``gap`` counts: it
+    carries the last missed id). ``close()`` ends the iteration; it is also a context
+    manager. Made by ``Client.events``.
+    """
+
+    INITIAL_BACKOFF_S = 0.1
+
+    def __init__(self, client: Client, since: int, *, types: list[str], session: str | None,
+                 reconnect: bool, raise_on_gap: bool, max_backoff_s: float, read_timeout: float | None,
+                 on_reconnect: Callable[[str], None] | None):
+        self._client = client
+        self.last_id: int = since
+        self._query = {key: value for key, value in (("types", ",".join(types)), ("session", session or ""))
+                       if value}
+        self._reconnect = reconnect
+        self._raise_on_gap = raise_on_gap
+        self._max_backoff_s = max_backoff_s
+        self._read_timeout = read_timeout
+        self._on_reconnect = on_reconnect or (lambda message: log.info("%s", message))
+        self._closed = threading.Event()
+        self._response: requests.Response | None = None
+        self._frames: Iterator[Any] | None = None
+        self._opened_once = False
+        self._delivered_since_connect = False
+        self._backoff = self.INITIAL_BACKOFF_S
+        self._reader: int | None = None
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self._reader = threading.get_ident()
+        while not self._closed.is_set():
+            if self._frames is None:
+                self._open()
+                continue
+            try:
+                frame = next(self._frames)
+            except StopIteration:  # the daemon ended the stream: shutdown, token rotation
+                self._drop("the daemon closed the event stream")
+                continue
+            except _TRANSIENT as exc:
+                if self._closed.is_set():
+                    break
+                self._drop(f"event stream lost ({reason_of(exc)})", exc)
+                continue
+            event = self._decode(frame)
+            self._delivered_since_connect = True
+            self._backoff = self.INITIAL_BACKOFF_S
+            if event.get("id") is not None:
+                self.last_id = event["id"]
+            if event.get("type") == "gap" and self._raise_on_gap:
+                raise EventGap(event)
+            return event
+        self._release()
+        raise StopIteration
+
+    @staticmethod
+    def _decode(frame: Any) -> dict[str, Any]:
+        try:
+            event = json.loads(frame.data)
+        except ValueError:
+            raise ProtocolError(f"event frame is not JSON: {frame.data[:200]!r}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ProtocolError(f"event frame is not an event object: {frame.data[:200]!r}")
+        return event
+
+    def _open(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._connect()
+                return
+            except _TRANSIENT as exc:
+                if not (self._opened_once and self._reconnect):
+                    raise
+                failure: Exception = exc
+            except Unauthenticated:
+                # A rotated token, or a daemon restarted with a new one: read it again.
+                if not (self._opened_once and self._reconnect and self._client.refresh_endpoint()):
+                    raise
+                continue
+            except HttpStatusError as exc:  # 503: at its connection cap, try again later
+                if not (self._opened_once and self._reconnect and exc.status == 503):
+                    raise
+                failure = exc
+            self._pause(f"cannot reconnect ({reason_of(failure)})")
+            self._client.refresh_endpoint()
+
+    def _connect(self) -> None:
+        client = self._client
+        if self._opened_once:
+            newest = client.last_event_id()
+            if newest < self.last_id:
+                raise EventLogReset(self.last_id, newest)
+        response = client._open_stream(self.last_id, self._query, self._read_timeout)
+        # chunk_size=None: hand over each chunk as it arrives, never wait to fill a buffer.
+        self._frames = sseclient.SSEClient(response.iter_content(chunk_size=None)).events()
+        self._response = response
+        self._delivered_since_connect = False
+        if self._opened_once:
+            self._on_reconnect(f"reconnected to {client.endpoint.address}, resuming after event {self.last_id}")
+        self._opened_once = True
+
+    def _drop(self, why: str, exc: BaseException | None = None) -> None:
+        self._release()
+        if self._closed.is_set():
+            return
+        if not self._reconnect:
+            self._closed.set()
+            if exc is not None:
+                raise NotRunning(why) from None
+            return
+        if self._delivered_since_connect:
+            self._on_reconnect(f"{why}; reconnecting")
+        else:  # a connection that ends before delivering anything: do not spin on it
+            self._pause(why)
+
+    def _pause(self, why: str) -> None:
+        delay = self._backoff * (0.5 + random.random())
+        self._on_reconnect(f"{why}; retrying in {delay:.1f} s")
+        self._closed.wait(delay)
+        self._backoff = min(self._backoff * 2, self._max_backoff_s)
+
+    def _release(self) -> None:
+        response, self._response, self._frames = self._response, None, None
+        if response is not None:
+            response.close()
+
+    def close(self) -> None:
+        """Stop iterating and close the connection. From another thread than the reader,
+        the reader stops at its next frame or heartbeat and closes the connection itself."""
+        self._closed.set()
+        if self._reader in (None, threading.get_ident()):
+            self._release()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+# -- typed helpers ----------------------------------------------------------------------
+def _params(**values: Any) -> dict[str, Any]:
+    """Keyword params without the ones left at None (the daemon applies its defaults)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+class Sessions:
+    """``session.*``: create and drive agent sessions (``client.sessions``)."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def create(self, runtime: str, cwd: str | os.PathLike[str], *, name: str | None = None,
+               mode: str | None = None, approve_via: str | None = None, env: dict[str, str] | None = None,
+               args: list[str] | None = None, restart: str | None = None,
+               max_turn_s: float | None = None) -> dict[str, Any]:
+        """Start a session of ``runtime`` (e.g. ``"demo"``) in ``cwd``; returns the session.
+
+        ``mode``: ``"interactive"`` (default) or ``"unattended"`` (then ``approve_via``:
+        ``deny``, ``allow`` or a client kind answers its permission requests)."""
+        return self._client.call("session.create", **_params(
+            runtime=runtime, cwd=os.fspath(Path(cwd).absolute()), name=name, mode=mode, approve_via=approve_via,
+            env=env, args=args, restart=restart, max_turn_s=max_turn_s))
+
+    def send(self, session_id: str, text: str, *, message_id: str | None = None) -> dict[str, Any]:
+        """Start a turn (this client becomes its originator); returns ``{session_id, turn_id,
+        message_id}`` at once, the output arrives as events. Resending the same
+        ``message_id`` never starts a second turn."""
+        return self._client.call("session.send", **_params(session_id=session_id, text=text,
+                                                           message_id=message_id))
+
+    def turn(self, session_id: str, text: str, *, message_id: str | None = None,
+             read_timeout: float | None = 60.0) -> Iterator[dict[str, Any]]:
+        """Send ``text`` and yield the session's events until this turn's ``turn_done``
+        (which is yielded last). Nothing is missed: the stream starts before the send."""
+        stream = self._client.events(self._client.last_event_id(), session=session_id,
+                                     read_timeout=read_timeout)
+        with stream:
+            turn_id = self.send(session_id, text, message_id=message_id)["turn_id"]
+            for event in stream:
+                yield event
+                if event["type"] == "turn_done" and event_turn_id(event) == turn_id:
+                    return
+
+    def cancel(self, session_id: str) -> Any:
+        """Cancel the session's current turn (the session stays)."""
+        return self._client.call("session.cancel", session_id=session_id)
+
+    def close(self, session_id: str) -> Any:
+        """Stop the session's runtime process; the session's history stays readable."""
+        return self._client.call("session.close", session_id=session_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every session the daemon knows, newest first."""
+        result = self._client.call("session.list")
+        return result["sessions"] if isinstance(result, dict) else result
+
+    def get(self, session_id: str) -> dict[str, Any]:
+        """One session: state, runtime, cwd, timestamps, the tail of its runtime's stderr."""
+        return self._client.call("session.get", session_id=session_id)
+
+    def history(self, session_id: str, **filters: Any) -> dict[str, Any]:
+        """The session's events from the durable log (``filters``: as ``session.history`` takes)."""
+        return self._client.call("session.history", session_id=session_id, **filters)
+
+    def runtimes(self) -> Any:
+        """The runtimes this daemon can start, with version and path where known."""
+        return self._client.call("session.runtimes")
+
+
+def event_turn_id(event: dict[str, Any]) -> str | None:
+    """The turn an event belongs to, if it names one."""
+    data = event.get("data")
+    return data.get("turn_id") if isinstance(data, dict) else None
+
+
+class Permissions:
+    """``permission.*``: answer the permission requests this client originated
+    (``client.permissions``)."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def pending(self) -> list[dict[str, Any]]:
+        """This client's own pending requests (others' are never listed)."""
+        return self._client.call("permission.list")["pending"]
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        """One of this client's requests, pending or resolved, with its ``state``."""
+        return self._client.call("permission.get", request_id=request_id)
+
+    def answer(self, request_id: str, approve: bool, *, reason: str | None = None,
+               remember: bool | None = None) -> dict[str, Any]:
+        """Approve or deny; raises ``NotOriginator`` when this client did not originate the
+        request and ``UnknownRequest`` when it is unknown or already resolved."""
+        result = _params(approve=approve, reason=reason, remember=remember)
+        return self._client.call("permission.answer", request_id=request_id, result=result)
+
+    def approve(self, request_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """``answer(request_id, True)``."""
+        return self.answer(request_id, True, reason=reason)
+
+    def deny(self, request_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """``answer(request_id, False)``."""
+        return self.answer(request_id, False, reason=reason)
+
+    def refresh_timeout(self, request_id: str, extend_s: float = 600) -> dict[str, Any]:
+        """Push the request's deadline back by ``extend_s`` seconds (capped by the daemon)."""
+        return self._client.call("permission.refresh_timeout", request_id=request_id, extend_s=extend_s)
+
+    def demo(self, tool: str = "Bash", input: dict[str, Any] | None = None, *, rationale: str | None = None,
+             timeout_s: float | None = None) -> dict[str, Any]:
+        """Create a request originated by this client, to try the flow end to end."""
+        return self._client.call("permission.demo", **_params(tool=tool, input=input, rationale=rationale,
+                                                              timeout_s=timeout_s))
+
+
+# -- HTTP status handling -----------------------------------------------------------------
 def raise_for_http_status(response: requests.Response) -> None:
+    """Raise the typed exception for an HTTP-level refusal; JSON-RPC errors (200, or 403
+    carrying a JSON-RPC body) pass through to be raised by the caller as RPC errors."""
     status = response.status_code
-    if status < 400 or status == 403 and _is_rpc_body(response):
+    if status < 400 or (status == 403 and _is_rpc_body(response)):
         return
     try:
         body = response.json()
     except ValueError:
         body = response.text
     if status == 401:
-        raise Unauthenticated(status, body, "the daemon refused our credentials (HTTP 401)")
+        raise Unauthenticated(status, body, "the daemon refused our credentials (HTTP 401): "
+                                            "wrong or missing token, or another user's socket")
     if status == 426:
         raise VersionMismatch(status, body)
     if status == 429:
@@ -371,4 +753,22 @@ def raise_for_http_status(response: requests.Response) -> None:
 
 
 def _is_rpc_body(response: requests.Response) -> bool:
-    return response.headers.get("Content-Type", "").startswith("application/json") and b'"jsonrpc"' in response.content
+    if not response.headers.get("Content-Type", "").startswith("application/json"):
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("jsonrpc") == "2.0"
+
+
+def reason_of(exc: BaseException) -> str:
+    """A one-line reason for a connection failure, without urllib3's nested reprs."""
+    inner: BaseException | None = exc
+    while inner is not None:
+        if isinstance(inner, OSError) and inner.strerror:
+            return inner.strerror
+        inner = (getattr(inner, "reason", None) if isinstance(getattr(inner, "reason", None), BaseException)
+                 else None) or inner.__cause__ or inner.__context__ or next(
+                     (arg for arg in inner.args if isinstance(arg, BaseException)), None)
+    return type(exc).__name__
