@@ -1,0 +1,171 @@
+"""``session.*``: create sessions, send turns, cancel, close, list, inspect, read history.
+
+Turns are acknowledged at once (``session.send`` returns the turn's ids) and their output
+arrives as events (``GET /events?session=<id>``); permission requests a turn raises are
+answered with ``permission.answer`` by that turn's originator. Errors: RFC 0004.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..rpc import INVALID_PARAMS, Call, ErrorSpec, Registry, RpcError, object_schema
+from ..sessions import (APPROVE_DENY, APPROVER_REFUSED, INTERACTIVE, RUNTIME_UNAVAILABLE, SESSION_LIMIT,
+                        SESSION_NOT_ACCEPTING, SESSION_NOT_FOUND, STATES, TURN_QUEUE_FULL, UNATTENDED, SessionSpec)
+from ..supervisor import RESTART_POLICIES
+from . import MethodContext
+
+SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "ses_<16 hex>"}
+TURN_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "turn_<16 hex>"}
+MESSAGE_ID = {"type": "string", "minLength": 1, "maxLength": 128,
+              "description": "idempotency key: resending the same id never starts a second turn"}
+SESSION = {"type": "object", "required": ["session_id", "state", "runtime", "cwd", "mode", "owner"],
+           "properties": {"state": {"enum": list(STATES)}}}
+BY_ID = object_schema({"session_id": SESSION_ID}, ("session_id",))
+
+HISTORY_MAX = 1000
+NOT_FOUND = ErrorSpec(SESSION_NOT_FOUND, "unknown session")
+NOT_ACCEPTING = ErrorSpec(SESSION_NOT_ACCEPTING, "the session (or the daemon) is not accepting work in its state")
+
+
+def register(registry: Registry, context: MethodContext) -> None:
+    sessions = context.sessions
+    if sessions is None:
+        return  # a daemon composed without sessions serves no session methods
+
+    @registry.method(
+        "session.create",
+        summary="Start a session: a supervised runtime process in cwd. Returns at once, in state starting.",
+        params=object_schema({
+            "runtime": {"type": "string", "minLength": 1, "maxLength": 64,
+                        "description": "demo, command, claude, or a runtime from an entry point"},
+            "cwd": {"type": "string", "minLength": 1, "maxLength": 4096, "description": "absolute directory"},
+            "name": {"type": "string", "maxLength": 200},
+            "mode": {"enum": [INTERACTIVE, UNATTENDED], "default": INTERACTIVE},
+            "approve_via": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,32}$",
+                            "description": "unattended only: deny (default), allow, or a client kind"},
+            "env": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "string"},
+                    "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
+            "args": {"type": "array", "maxItems": 256, "items": {"type": "string", "maxLength": 65536}},
+            "restart": {"enum": list(RESTART_POLICIES), "default": "on-crash"},
+            "max_turn_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        }, ("runtime", "cwd")),
+        result=SESSION,
+        errors=(ErrorSpec(SESSION_LIMIT, "too many sessions running"),
+                ErrorSpec(RUNTIME_UNAVAILABLE, "unknown runtime, or it cannot run (e.g. claude not on PATH)"),
+                NOT_ACCEPTING))
+    def create(call: Call) -> dict:
+        params = call.params
+        mode = params.get("mode", INTERACTIVE)
+        if "approve_via" in params and mode != UNATTENDED:
+            raise RpcError(INVALID_PARAMS, "Invalid params: approve_via: applies to unattended sessions only",
+                           {"field": "approve_via", "reason": "mode is not unattended"})
+        spec = SessionSpec(
+            runtime=params["runtime"], cwd=directory(params["cwd"]), name=params.get("name"), mode=mode,
+            approve_via=params.get("approve_via", APPROVE_DENY), env=dict(params.get("env", {})),
+            args=tuple(params.get("args", ())), restart=params.get("restart", "on-crash"),
+            max_turn_s=params.get("max_turn_s"))
+        context.clients.confirm(call.caller)
+        return sessions.create(call.caller, spec).snapshot(detail=True)
+
+    @registry.method(
+        "session.send",
+        summary="Queue a turn; answers at once with its ids, output follows as events.",
+        params=object_schema({"session_id": SESSION_ID, "text": {"type": "string", "minLength": 1, "maxLength": 200000},
+                              "message_id": MESSAGE_ID}, ("session_id", "text")),
+        result=object_schema({"session_id": SESSION_ID, "turn_id": TURN_ID, "message_id": MESSAGE_ID},
+                             ("session_id", "turn_id", "message_id")),
+        errors=(NOT_FOUND, NOT_ACCEPTING, ErrorSpec(TURN_QUEUE_FULL, "too many turns queued")))
+    def send(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        context.clients.confirm(call.caller)  # the originator must be able to resume its id
+        turn = session.send(call.caller, call.params["text"], call.params.get("message_id"))
+        return {"session_id": session.session_id, "turn_id": turn.turn_id, "message_id": turn.message_id}
+
+    @registry.method(
+        "session.cancel",
+        summary="Cancel the running turn (or the queued turn turn_id). The runtime is killed if it ignores it.",
+        params=object_schema({"session_id": SESSION_ID, "turn_id": TURN_ID}, ("session_id",)),
+        result=object_schema({"session_id": SESSION_ID, "cancelled": {"type": "boolean"},
+                              "turn_id": {"type": ["string", "null"]}}, ("session_id", "cancelled", "turn_id")),
+        errors=(NOT_FOUND,))
+    def cancel(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        turn = session.cancel(call.caller, call.params.get("turn_id"))
+        return {"session_id": session.session_id, "cancelled": turn is not None,
+                "turn_id": turn.turn_id if turn is not None else None}
+
+    @registry.method(
+        "session.close",
+        summary="Stop the runtime (stop message, SIGTERM after 2 s, SIGKILL by 5 s) and end the session.",
+        params=BY_ID, result=SESSION, errors=(NOT_FOUND,))
+    def close(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        session.close(f"closed by {call.caller.client_ref}", call.caller.client_ref)
+        return session.snapshot(detail=True)
+
+    @registry.method(
+        "session.list", summary="Every session the daemon knows (ended ones for a while), newest first.",
+        result=object_schema({"sessions": {"type": "array", "items": SESSION}}, ("sessions",)))
+    def list_sessions(call: Call) -> dict:
+        return {"sessions": [session.snapshot() for session in sessions.list()]}
+
+    @registry.method(
+        "session.get", summary="One session in detail: turns, runner (pid, restarts, last exit), stderr tail.",
+        params=BY_ID, result=SESSION, errors=(NOT_FOUND,))
+    def get(call: Call) -> dict:
+        return sessions.get(call.params["session_id"]).snapshot(detail=True)
+
+    @registry.method(
+        "session.history",
+        summary=("The session's events from the durable log, oldest first, after since. A page may hold fewer "
+                 "than limit events and still have a next_since: keep paging until it is null."),
+        params=object_schema({"session_id": SESSION_ID,
+                              "since": {"type": "integer", "minimum": 0, "default": 0,
+                                        "description": "only events with a larger id"},
+                              "limit": {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX, "default": 500}},
+                             ("session_id",)),
+        result=object_schema({"session_id": SESSION_ID, "events": {"type": "array", "items": {"type": "object"}},
+                              "next_since": {"type": ["integer", "null"],
+                                             "description": "pass as since for the next page; null: no more"}},
+                             ("session_id", "events", "next_since")))
+    def history(call: Call) -> dict:
+        params = call.params
+        # Works for ended and forgotten sessions too: the log outlives the session objects.
+        page = context.event_log.query(after_id=params.get("since", 0), session_id=params["session_id"],
+                                       limit=params.get("limit", 500))
+        return {"session_id": params["session_id"], "events": [event.as_dict(call.caller) for event in page.events],
+                "next_since": page.cursor}
+
+    @registry.method(
+        "session.runtimes", summary="The runtimes this daemon can run, with availability, version and path.",
+        result=object_schema({"runtimes": {"type": "array", "items": {
+            "type": "object", "required": ["name", "available", "version", "path", "problem", "source"]}}},
+            ("runtimes",)))
+    def runtimes(call: Call) -> dict:
+        return {"runtimes": [info.as_dict() for info in sessions.runtimes.describe()]}
+
+    @registry.method(
+        "session.claim_approver",
+        summary="Become the approver of an unattended session whose approve_via names the caller's client kind.",
+        params=BY_ID,
+        result=object_schema({"session_id": SESSION_ID, "approver": {"type": "object"}}, ("session_id", "approver")),
+        errors=(NOT_FOUND, ErrorSpec(APPROVER_REFUSED, "wrong client kind, no delegation, or already claimed")))
+    def claim_approver(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        context.clients.confirm(call.caller)
+        approver = session.claim_approver(call.caller, explicit=True)
+        return {"session_id": session.session_id, "approver": approver.public()}
+
+
+def directory(text: str) -> Path:
+    """``cwd`` as an absolute, existing directory (symlinks resolved), or invalid params."""
+    path = Path(text)
+    if not path.is_absolute():
+        raise RpcError(INVALID_PARAMS, "Invalid params: cwd: must be an absolute path",
+                       {"field": "cwd", "reason": "not absolute"})
+    resolved = path.resolve()
+    if not resolved.is_dir():
+        raise RpcError(INVALID_PARAMS, f"Invalid params: cwd: {text} is not a directory",
+                       {"field": "cwd", "reason": "not a directory"})
+    return resolved

@@ -1,0 +1,193 @@
+"""Which runtimes this daemon can run, and how to launch each (daemon side).
+
+Owns: the built-in runtimes (``demo``, ``command``, ``claude``), third-party runtimes found
+through the ``cc_daemon.runtimes`` entry-point group, what each reports about itself
+(available or not, version, path) and the command line of a session's runtime process.
+A runtime that cannot run says why in words a user can act on (``RuntimeUnavailable``).
+
+An entry point names a ``Runtime`` subclass or instance; the entry point's name is the
+runtime's name. Built-in names cannot be taken over by an entry point.
+
+Must not: spawn the runtime (the supervisor does), or speak its protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+
+log = logging.getLogger("cc_daemon.runtimes")
+
+ENTRY_POINT_GROUP = "cc_daemon.runtimes"
+VERSION_TIMEOUT_S = 5.0
+
+
+class RuntimeUnavailable(Exception):
+    """This runtime cannot run a session as asked; the message says why, for a human."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    summary: str
+    available: bool
+    version: str | None = None
+    path: str | None = None
+    problem: str | None = None
+    source: str = "builtin"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for the startup log."""
+        if not self.available:
+            return f"{self.name}: unavailable ({self.problem})"
+        details = ", ".join(part for part in (self.version, self.path) if part)
+        return f"{self.name}: {details or 'available'}" + ("" if self.source == "builtin" else f" [{self.source}]")
+
+
+class Runtime(ABC):
+    """A kind of agent runtime. Subclasses say what they are and how to launch them."""
+
+    summary = ""
+
+    def info(self, name: str, env: dict[str, str]) -> RuntimeInfo:
+        """Whether it can run with ``env`` (the session's environment), and what version."""
+        return RuntimeInfo(name, self.summary, True)
+
+    @abstractmethod
+    def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        """The argv of the runtime process for a session, or ``RuntimeUnavailable``.
+        ``args`` reach the process in its ``init`` message, not on this command line."""
+
+
+def python_module(module: str, *extra: str) -> list[str]:
+    """Run one of our runtime modules with the daemon's own interpreter."""
+    return [sys.executable, "-m", module, *extra]
+
+
+class DemoRuntime(Runtime):
+    summary = "deterministic scripted agent for trying the daemon (run / write / sleep / echo)"
+
+    def info(self, name: str, env: dict[str, str]) -> RuntimeInfo:
+        return RuntimeInfo(name, self.summary, True, __version__, str(Path(__file__).with_name("demo.py")))
+
+    def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        return python_module("cc_daemon.runtimes.demo")
+
+
+class CommandRuntime(Runtime):
+    summary = "runs the program given in args once per turn; text on stdin or as {text}; stdout streams"
+
+    def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        if not args:
+            raise RuntimeUnavailable("the command runtime needs the program to run in args, "
+                                     'e.g. "args": ["cat"] or ["python3", "-c", "...", "{text}"]')
+        program = args[0]
+        if "/" in program:
+            candidate = (cwd / program) if not os.path.isabs(program) else Path(program)
+            if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+                raise RuntimeUnavailable(f"the command runtime cannot run {program}: "
+                                         f"{candidate} is not an executable file")
+        elif shutil.which(program, path=env.get("PATH")) is None:
+            raise RuntimeUnavailable(f"the command runtime cannot run {program}: not found on PATH")
+        return python_module("cc_daemon.runtimes.command")
+
+
+class ClaudeRuntime(Runtime):
+    summary = "Claude Code CLI (claude -p --output-format stream-json), resuming its session across turns"
+
+    def info(self, name: str, env: dict[str, str]) -> RuntimeInfo:
+        path = shutil.which("claude", path=env.get("PATH"))
+        if path is None:
+            return RuntimeInfo(name, self.summary, False, problem=self.missing())
+        version, problem = executable_version(path, os.stat(path).st_mtime_ns)
+        return RuntimeInfo(name, self.summary, problem is None, version, path, problem)
+
+    def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        path = shutil.which("claude", path=env.get("PATH"))
+        if path is None:
+            raise RuntimeUnavailable(self.missing())
+        return python_module("cc_daemon.runtimes.claude", "--executable", path)
+
+    @staticmethod
+    def missing() -> str:
+        return ("the claude runtime needs the Claude Code CLI, but `claude` is not on the PATH the session "
+                "would use; install it (npm install -g @anthropic-ai/claude-code) or pass env.PATH")
+
+
+@functools.lru_cache(maxsize=32)
+def executable_version(path: str, mtime_ns: int) -> tuple[str | None, str | None]:
+    """(version, problem) from ``path --version``; cached until the file changes."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"`{path} --version` failed: {exc}"
+    if done.returncode != 0:
+        return None, f"`{path} --version` exited with {done.returncode}: {done.stderr.strip()[:200]}"
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None, None
+
+
+BUILTINS: dict[str, Runtime] = {"demo": DemoRuntime(), "command": CommandRuntime(), "claude": ClaudeRuntime()}
+
+
+class RuntimeRegistry:
+    """The runtimes by name: built-ins first, then entry points."""
+
+    def __init__(self, runtimes: dict[str, tuple[Runtime, str]]):
+        self._runtimes = runtimes
+
+    @classmethod
+    def discover(cls) -> RuntimeRegistry:
+        runtimes: dict[str, tuple[Runtime, str]] = {name: (runtime, "builtin") for name, runtime in BUILTINS.items()}
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name in runtimes:
+                log.warning("ignoring runtime entry point %s (%s): the name is taken", entry.name, entry.value)
+                continue
+            try:
+                loaded = entry.load()
+                runtime = loaded() if isinstance(loaded, type) else loaded
+            except Exception:
+                log.exception("cannot load runtime entry point %s (%s)", entry.name, entry.value)
+                continue
+            if not isinstance(runtime, Runtime):
+                log.warning("ignoring runtime entry point %s: %s is not a cc_daemon Runtime", entry.name, entry.value)
+                continue
+            distribution = entry.dist.name if entry.dist is not None else entry.value
+            runtimes[entry.name] = (runtime, f"entry point from {distribution}")
+        return cls(runtimes)
+
+    def names(self) -> list[str]:
+        return list(self._runtimes)
+
+    def get(self, name: str) -> Runtime:
+        try:
+            return self._runtimes[name][0]
+        except KeyError:
+            raise RuntimeUnavailable(f"unknown runtime {name!r}; this daemon knows {', '.join(self._runtimes)}") from None
+
+    def describe(self, env: dict[str, str] | None = None) -> list[RuntimeInfo]:
+        """What each runtime reports about itself with ``env`` (default: the daemon's)."""
+        env = dict(os.environ) if env is None else env
+        infos = []
+        for name, (runtime, source) in self._runtimes.items():
+            try:
+                info = runtime.info(name, env)
+            except Exception as exc:  # a third-party runtime must not break discovery
+                log.exception("runtime %s failed to describe itself", name)
+                info = RuntimeInfo(name, runtime.summary, False, problem=f"info() failed: {exc}")
+            infos.append(RuntimeInfo(**{**info.as_dict(), "source": source}))
+        return infos
