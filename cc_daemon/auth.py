@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import logging.handlers
 import os
 import secrets
 import socket
@@ -26,10 +25,11 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from .identity import trim
-from .storage import atomic_write
+from .storage import PrivateRotatingFileHandler, atomic_write
 
 log = logging.getLogger("cc_daemon.auth")
 
@@ -52,6 +52,8 @@ class TokenStore:
         self._file_stamp: tuple[int, int] | None = None
         #: Bumped on every change, so streams opened with an older token can be ended.
         self.generation = 0
+        #: Called (without the lock) after the token changed underneath us.
+        self.on_change: Callable[[], None] | None = None
 
     def load_or_create(self) -> None:
         with self._lock:
@@ -69,24 +71,24 @@ class TokenStore:
             candidate = presented.encode("ascii")
         except UnicodeEncodeError:
             return False
+        self.reload_if_changed()
         with self._lock:
             current = self._token
-        if current is not None and secrets.compare_digest(candidate, current):
-            return True
-        # The file may have been rewritten by another process (an older CLI, a user);
-        # follow it so that "the file is the token" stays true.
-        if self._reload_if_changed():
-            with self._lock:
-                current = self._token
-            return current is not None and secrets.compare_digest(candidate, current)
-        return False
+        return current is not None and secrets.compare_digest(candidate, current)
 
-    def _reload_if_changed(self) -> bool:
+    def reload_if_changed(self) -> bool:
+        """Follow the file if someone rewrote it (a user, an older CLI): one stat per check,
+        so that "the file is the token" holds from the very next request."""
         with self._lock:
             stamp = file_stamp(self.path)
             if stamp is None or stamp == self._file_stamp:
                 return False
-            return self._read_file()
+            before = self.generation
+            self._read_file()
+            changed = self.generation != before
+        if changed and self.on_change is not None:
+            self.on_change()
+        return changed
 
     def _read_file(self) -> bool:
         try:
@@ -216,10 +218,8 @@ class AuditLog:
         self._handler: logging.Handler | None = None
         if path is not None:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Created 0600 before the handler opens it in append mode.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-            self._handler = logging.handlers.RotatingFileHandler(
-                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+            self._handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                       encoding="utf-8")
 
     def record(self, *, transport: str, outcome: str, peer: str, reason: str,
                uid: int | None = None, client_kind: str | None = None) -> None:

@@ -262,7 +262,10 @@ class EventBus:
     def subscribe(self, since: int | None = None, event_filter: EventFilter | None = None) -> Subscription:
         """A cursor after ``since`` (None: only events published from now on)."""
         with self._cond:
-            start = self._store.last_id() if since is None else since
+            # An id from the future (another data dir, a hand-typed number) must not make the
+            # reader skip the events that will carry those ids: start from "now" instead.
+            now = self._store.last_id()
+            start = now if since is None else min(since, now)
             subscription = Subscription(self, start, event_filter or EventFilter())
             self._subscriptions.add(subscription)
             if self._closed:

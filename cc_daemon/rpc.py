@@ -130,6 +130,11 @@ def invalid_params(error: ValidationError) -> RpcError:
         missing = next((name for name in error.validator_value if name not in error.instance), None)
         if missing is not None:
             path.append(missing)
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        unexpected = sorted(name for name in error.instance if name not in known)
+        if unexpected:
+            path.append(unexpected[0])
     field_name = ".".join(str(part) for part in path) or "(params)"
     return RpcError(INVALID_PARAMS, f"Invalid params: {field_name}: {error.message}",
                     {"field": field_name, "reason": error.message, "validator": error.validator})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging.handlers
 import os
 import stat
 from dataclasses import dataclass
@@ -195,6 +196,18 @@ class InstanceLock:
         finally:
             os.close(fd)
         return False
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-rotated log whose every file, including the ones rotation creates, is 0600.
+
+    Logs name peers and request ids; other local users have no business reading them, and
+    setting a process-wide umask instead would leak into the files agents create.
+    """
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding, errors=self.errors)
 
 
 def is_socket(path: Path) -> bool:

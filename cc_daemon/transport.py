@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import socket
 import socketserver
 import stat
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import API_VERSION, API_VERSION_HEADER, __version__
 from .auth import Authenticator, Connection, Denied, peer_credentials
 from .events import SHUTDOWN, Event, EventBus, EventFilter, Gap, SubscriptionEnded, compact_json
-from .identity import CLIENT_ID_RE, Caller, ClientRegistry
+from .identity import CLIENT_ID_RE, Caller, ClientRegistry, clean_kind
 from .metrics import Metrics
 from .rpc import Dispatcher
 
@@ -252,6 +253,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self._in_flight = True
         self._body_consumed = False
+        self.client_id = None  # per request: never echo an earlier request's id on this connection
         self.server.in_flight.enter()
         try:
             if path not in ROUTES:
@@ -303,7 +305,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         authenticator = services.authenticator
         denied = authenticator.browser_check(self.conn, self.headers.get("Host"), origin)
         if denied is None and (path in VERSIONED_PATHS or not services.unauthenticated_metrics):
-            self.client_kind = self.headers.get("X-Client-Kind")
+            self.client_kind = clean_kind(self.headers.get("X-Client-Kind"))
             denied = authenticator.check(self.conn, self.headers.get("Authorization"), self.client_kind)
         if denied is not None:
             services.metrics.inc("ccd_auth_denied_total", status=str(denied.status))
@@ -340,6 +342,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _serve_rpc(self) -> None:
         caller = self._caller()
         body = self._read_body()
+        self.server.reaper.disarm(self)  # the deadline bounds reading the request, not answering it
         reply = self.server.services.dispatcher.handle(body, caller)
         if reply.payload is None:
             self._respond_bytes(reply.status, b"", None)
@@ -595,6 +598,7 @@ class DaemonServerMixin:
     def init_daemon_server(self, services: Services) -> None:
         self.services = services
         self.reaper = Reaper()
+        self.refuser = Refuser()
         self.in_flight = InFlight()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -607,8 +611,7 @@ class DaemonServerMixin:
                 self._active += 1
         if over:
             self.services.metrics.inc("ccd_connections_refused_total")
-            refuse_over_capacity(request)
-            self.shutdown_request(request)
+            self.refuser.refuse(request)
             return
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
                                   daemon=True, name="ccd-conn")
@@ -630,6 +633,7 @@ class DaemonServerMixin:
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]
         self.reaper.stop()
+        self.refuser.stop()
 
     def stop_accepting(self) -> None:
         """Stop the accept loop now rather than at its next poll tick."""
@@ -646,16 +650,44 @@ class DaemonServerMixin:
             stopper.join(0.05)
 
 
-def refuse_over_capacity(sock: socket.socket) -> None:
-    body = b'{"error":"too many connections"}'
-    head = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION_HEADER}: {API_VERSION}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nRetry-After: 1\r\n"
-            "Connection: close\r\n\r\n").encode()
-    try:
-        sock.settimeout(1.0)
-        sock.sendall(head + body)
-    except OSError:
-        pass
+class Refuser:
+    """Answers connections over the cap with 503, off the accept thread.
+
+    The request is drained before closing: closing a Unix socket with unread input makes
+    the peer see a reset instead of our answer. One thread and a bounded queue, so a flood
+    of connections costs no more threads; past the queue, connections are just closed.
+    """
+
+    BODY = b'{"error":"too many connections"}'
+    RESPONSE = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION_HEADER}: {API_VERSION}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\n").encode() + BODY
+
+    def __init__(self, backlog: int = 64):
+        self._queue: queue.Queue[socket.socket | None] = queue.Queue(backlog)
+        threading.Thread(target=self._run, name="ccd-refuser", daemon=True).start()
+
+    def refuse(self, sock: socket.socket) -> None:
+        try:
+            self._queue.put_nowait(sock)
+        except queue.Full:
+            sock.close()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (sock := self._queue.get()) is not None:
+            try:
+                sock.settimeout(0.5)
+                sock.sendall(self.RESPONSE)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                sock.close()
 
 
 class TcpServer(DaemonServerMixin, socketserver.TCPServer):

@@ -36,11 +36,22 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="browser origin allowed to call the daemon (repeatable)")
     parser.add_argument("--event-buffer", type=positive_int, default=65536, metavar="N",
-                        help="events kept for replay (default 65536)")
+                        help="recent events kept in memory for the live tail (default 65536); "
+                             "older ones are read from the database")
+    # Literal defaults (cc_daemon.eventlog's) so that parsing the command line imports no SQLite.
+    parser.add_argument("--retention-events", type=positive_int, default=1_000_000, metavar="N",
+                        help="events kept in <data-dir>/daemon.db for replay (default 1000000)")
+    parser.add_argument("--retention-days", type=positive_float, default=7.0, metavar="D",
+                        help="drop stored events older than D days (default 7)")
+    parser.add_argument("--event-log-sync", choices=("normal", "full"), default="normal",
+                        help="normal: a published event survives a crash or kill -9 of the daemon; "
+                             "full: also power loss, at one fsync per group commit (default normal)")
     parser.add_argument("--max-body-bytes", type=positive_int, metavar="N",
                         help="largest accepted request body (default 1 MiB; larger gets 413)")
     parser.add_argument("--max-connections", type=positive_int, metavar="N",
                         help="open connections served at once (default 512; beyond it 503)")
+    parser.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
+                        help="agent sessions running at once (default 8; session.create refuses more)")
     parser.set_defaults(run=run)
 
 
@@ -78,10 +89,12 @@ def options_from(args: argparse.Namespace):
         listen=listen, data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
         heartbeat_s=args.heartbeat_s, audit=not args.no_audit, unauthenticated_metrics=args.unauthenticated_metrics,
         allow_remote=args.allow_remote, allow_origins=tuple(args.allow_origin), event_buffer=args.event_buffer,
+        retention_events=args.retention_events, retention_days=args.retention_days,
+        event_log_sync=args.event_log_sync,
         limits=Limits(**{name: value for name, value in (("max_body_bytes", args.max_body_bytes),
                                                            ("max_connections", args.max_connections))
                          if value is not None}),
-        log_level=args.log_level)
+        log_level=args.log_level, max_sessions=args.max_sessions)
 
 
 def run(args: argparse.Namespace) -> int:
