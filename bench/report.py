@@ -1,0 +1,250 @@
+"""Turning benchmark records into tables and target verdicts.
+
+Owns: the record format shared by the runner (one flat dict per measurement, printed as
+a JSON line), the markdown tables, and the issue-7 targets with their PASS / FAIL / N/A
+verdicts, each computed from numbers measured in the same run.
+
+Must not: measure anything or start servers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+Record = dict[str, Any]
+
+CCD, REFERENCE, CEILING = "cc_daemon", "reference", "ceiling"
+
+
+def find(records: Iterable[Record], **match: Any) -> Record | None:
+    """The last record whose fields equal ``match`` (later measurements win)."""
+    found = None
+    for record in records:
+        if all(record.get(key) == value for key, value in match.items()):
+            found = record
+    return found
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- tables -------------------------------------------------------------------------------
+def rpc_table(records: list[Record]) -> str:
+    rows = []
+    configs = sorted({(r["transport"], r["keepalive"], r["clients"]) for r in records if r["bench"] == "rpc"},
+                     key=lambda c: (c[0] != "tcp", not c[1], c[2]))
+    for transport, keepalive, clients in configs:
+        key = dict(bench="rpc", transport=transport, keepalive=keepalive, clients=clients)
+        ours, ref, ceil = (find(records, server=name, **key) for name in (CCD, REFERENCE, CEILING))
+        rate = lambda r: r["calls_per_s"] if r else None  # noqa: E731
+        rows.append([transport, "on" if keepalive else "off", str(clients), fmt(rate(ours), 0),
+                     "/".join(fmt(ours.get(p), 2) for p in ("p50_ms", "p90_ms", "p99_ms")) if ours else "-",
+                     fmt(rate(ref), 0), fmt(ref["p99_ms"], 2) if ref else "-", fmt(rate(ceil), 0),
+                     fmt_ratio(ratio(rate(ours), rate(ref))), fmt_ratio(ratio(rate(ours), rate(ceil))),
+                     fmt(ours.get("server_cpu_us_per_call"), 0) if ours else "-",
+                     fmt(ours.get("client_cpu_us_per_call"), 0) if ours else "-"])
+    return table(["transport", "keep-alive", "clients", "cc_daemon calls/s", "p50/p90/p99 ms",
+                  "reference calls/s", "ref p99 ms", "ceiling calls/s", "x ref", "x ceiling",
+                  "server CPU us/call", "client CPU us/call"], rows)
+
+
+def sse_table(records: list[Record]) -> str:
+    rows = []
+    for record in (r for r in records if r["bench"] in ("sse", "sse_paused")):
+        what = (f"{record['subscribers']} subscribers" if record["bench"] == "sse"
+                else f"paused reader ({record['variant']})")
+        rows.append([record["server"], what, fmt(record["published"]), fmt(record["published_per_s"], 0),
+                     fmt(record["delivered_per_s"], 0), fmt(record.get("p50_ms"), 2), fmt(record.get("p99_ms"), 2),
+                     fmt(record["lost"]), fmt(record["gap_reported"]), fmt(record["duplicated"]),
+                     fmt(record["reordered"])])
+    return table(["server", "scenario", "published", "published/s", "delivered/s", "p50 ms", "p99 ms",
+                  "lost silently", "in a gap", "duplicated", "out of order"], rows)
+
+
+def memory_table(records: list[Record]) -> str:
+    def streams_cell(record: Record, count: int) -> str:
+        if f"rss_kb_{count}" not in record:
+            return record.get(f"error_{count}", "-")
+        return (f"{record[f'rss_kb_{count}'] / 1024:.1f} MB, {record[f'threads_{count}']} threads, "
+                f"{record[f'kb_per_subscriber_{count}']:.1f} KB/sub")
+
+    memory = [r for r in records if r["bench"] == "memory"]
+    counts = memory[0]["subscriber_counts"] if memory else []
+    rows = [[r["server"], fmt(r["idle_rss_kb"] / 1024, 1), fmt(r["idle_threads"]),
+             *(streams_cell(r, n) for n in counts), fmt(r.get("threads_per_subscriber"), 2)] for r in memory]
+    return table(["server", "idle RSS MB", "idle threads", *(f"{n} idle streams" for n in counts),
+                  "threads / subscriber"], rows)
+
+
+def cold_table(records: list[Record]) -> str:
+    rows = [[r["server"], fmt(r["median_ms"], 0), fmt(r["min_ms"], 0), fmt(r["max_ms"], 0), fmt(r["runs"])]
+            for r in records if r["bench"] == "cold_start"]
+    return table(["server", "median ms", "min ms", "max ms", "runs"], rows)
+
+
+# -- targets ------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    target: str
+    outcome: str  # PASS, FAIL or N/A
+    detail: str
+
+
+def _check(target: str, ok: bool | None, detail: str) -> Verdict:
+    return Verdict(target, "N/A" if ok is None else ("PASS" if ok else "FAIL"), detail)
+
+
+def verdicts(records: list[Record]) -> list[Verdict]:
+    return [_rpc_target(records), _sse_target(records), _paused_target(records), _durable_target(records),
+            _rss_target(records), _per_subscriber_target(records), _cold_target(records)]
+
+
+def _rpc_target(records: list[Record]) -> Verdict:
+    key = dict(bench="rpc", transport="tcp", keepalive=True, clients=16)
+    ours, ref, ceil = (find(records, server=name, **key) for name in (CCD, REFERENCE, CEILING))
+    name = "RPC calls/s at 16 clients >= 3x reference and >= 0.7x ceiling (TCP, keep-alive)"
+    if not ours or not ceil:
+        return _check(name, None, "not measured")
+    x_ref = ratio(ours["calls_per_s"], ref["calls_per_s"]) if ref else None
+    x_ceil = ratio(ours["calls_per_s"], ceil["calls_per_s"])
+    ok = (x_ceil >= 0.7) and (x_ref is None or x_ref >= 3)
+    detail = (f"{ours['calls_per_s']:,.0f}/s = {fmt_ratio(x_ref)} reference, {fmt_ratio(x_ceil)} ceiling"
+              + ("" if ref else " (reference not measured)"))
+    return _check(name, ok, detail)
+
+
+def _sse_target(records: list[Record]) -> Verdict:
+    ours, ref = (find(records, bench="sse", server=name, subscribers=64) for name in (CCD, REFERENCE))
+    name = "SSE 64 subscribers: >= 4x reference published/s, 0 lost/dup/reordered, p99 < 20 ms"
+    if not ours:
+        return _check(name, None, "not measured")
+    x_ref = ratio(ours["published_per_s"], ref["published_per_s"]) if ref else None
+    clean = ours["lost"] == ours["duplicated"] == ours["reordered"] == 0
+    p99 = ours.get("p99_ms")
+    ok = clean and p99 is not None and p99 < 20 and (x_ref is None or x_ref >= 4)
+    detail = (f"{ours['published_per_s']:,.0f}/s = {fmt_ratio(x_ref)} reference; lost/dup/reordered "
+              f"{ours['lost']}/{ours['duplicated']}/{ours['reordered']}; p99 {fmt(p99, 2)} ms")
+    return _check(name, ok, detail)
+
+
+def _paused_target(records: list[Record]) -> Verdict:
+    runs = [r for r in records if r["bench"] == "sse_paused" and r["server"] == CCD]
+    name = "A paused subscriber loses nothing silently (catches up, or an exact gap)"
+    if not runs:
+        return _check(name, None, "not measured")
+    ok = all(r["lost"] == 0 and r["duplicated"] == 0 and r["reordered"] == 0 for r in runs)
+    detail = "; ".join(f"{r['variant']}: {r['lost']} lost silently, {r['gap_reported']} reported in a gap"
+                       for r in runs)
+    ref = find(records, bench="sse_paused", server=REFERENCE)
+    if ref:
+        detail += f" (reference: {ref['lost']} of {ref['published']} lost silently)"
+    return _check(name, ok, detail)
+
+
+def durable_rate(records: list[Record]) -> tuple[float, str] | None:
+    """The best group-commit publish rate bench_eventlog printed, and where it came from.
+
+    bench_eventlog owns its own format; a record counts when it mentions "publish" and
+    carries a numeric ``*events_per_s`` field.
+    """
+    best = None
+    for record in (r for r in records if r["bench"] == "eventlog"):
+        if "publish" not in compact(record).lower():
+            continue
+        for key, value in record.items():
+            if key.endswith("events_per_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if best is None or value > best[0]:
+                    best = (float(value), compact({k: v for k, v in record.items() if isinstance(v, str)}))
+    return best
+
+
+def _durable_target(records: list[Record]) -> Verdict:
+    name = "Durable publish >= 100,000 events/s with group commit (bench/bench_eventlog.py)"
+    skipped = find(records, bench="eventlog_skipped")
+    if skipped:
+        return _check(name, None, skipped["reason"])
+    best = durable_rate(records)
+    if best is None:
+        return _check(name, None, "bench_eventlog printed no publish events/s figure")
+    return _check(name, best[0] >= 100_000, f"{best[0]:,.0f} events/s ({best[1]})")
+
+
+def _rss_target(records: list[Record]) -> Verdict:
+    ours, ref = (find(records, bench="memory", server=name) for name in (CCD, REFERENCE))
+    name = "Idle RSS <= 0.6x reference"
+    if not ours or not ref:
+        return _check(name, None, "not measured" if not ours else "reference not measured")
+    x_ref = ratio(ours["idle_rss_kb"], ref["idle_rss_kb"])
+    return _check(name, x_ref <= 0.6, f"{ours['idle_rss_kb'] / 1024:.1f} MB = {fmt_ratio(x_ref)} reference "
+                                       f"({ref['idle_rss_kb'] / 1024:.1f} MB)")
+
+
+def _per_subscriber_target(records: list[Record]) -> Verdict:
+    ours = find(records, bench="memory", server=CCD)
+    name = "<= 100 KB RSS per idle SSE subscriber"
+    if not ours or ours.get("kb_per_subscriber") is None:
+        return _check(name, None, "not measured")
+    ref = find(records, bench="memory", server=REFERENCE)
+    detail = f"{ours['kb_per_subscriber']:.1f} KB, {ours['threads_per_subscriber']:.2f} threads per subscriber"
+    if ref and ref.get("kb_per_subscriber") is not None:
+        detail += f" (reference {ref['kb_per_subscriber']:.1f} KB)"
+    return _check(name, ours["kb_per_subscriber"] <= 100, detail)
+
+
+def _cold_target(records: list[Record]) -> Verdict:
+    ours, ref = (find(records, bench="cold_start", server=name) for name in (CCD, REFERENCE))
+    name = "Cold start (spawn to first system.ping) <= 0.6x reference"
+    if not ours or not ref:
+        return _check(name, None, "not measured" if not ours else "reference not measured")
+    x_ref = ratio(ours["median_ms"], ref["median_ms"])
+    return _check(name, x_ref <= 0.6, f"{ours['median_ms']:.0f} ms = {fmt_ratio(x_ref)} reference "
+                                       f"({ref['median_ms']:.0f} ms)")
+
+
+def verdict_table(results: list[Verdict]) -> str:
+    return table(["target", "result", "measured"], [[v.target, v.outcome, v.detail] for v in results])
+
+
+def markdown(records: list[Record], header: str) -> str:
+    sections = [header,
+                "## Targets", verdict_table(verdicts(records)),
+                "## RPC: `system.ping`", rpc_table(records),
+                "## SSE: `echo.ping` publisher, live subscribers", sse_table(records),
+                "## Memory", memory_table(records),
+                "## Cold start: spawn to first `system.ping`", cold_table(records)]
+    eventlog = [r for r in records if r["bench"] in ("eventlog", "eventlog_skipped")]
+    if eventlog:
+        sections += ["## Event log (bench/bench_eventlog.py, its own JSON lines)",
+                     "\n".join(f"    {compact(r)}" for r in eventlog)]
+    return "\n\n".join(sections) + "\n"
+
+
+def compact(record: Record) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str)
