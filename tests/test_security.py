@@ -1,0 +1,328 @@
+"""Authentication, throttling, audit, browser defences, token rotation, secret hygiene (RFC 0002)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from cc_daemon.auth import AuditLog, Throttle
+from conftest import cli, short_tmpdir, wait_for
+
+NOBODY = 65534
+
+
+def audit_lines(daemon) -> list[dict]:
+    path = daemon.data_dir / "logs" / "auth.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def ping(daemon, headers=None):
+    return daemon.post({"jsonrpc": "2.0", "method": "system.ping", "id": 1},
+                       headers=headers if headers is not None else daemon.headers())
+
+
+def without_auth(daemon, **extra):
+    headers = {k: v for k, v in daemon.headers().items() if k != "Authorization"}
+    headers.update(extra)
+    return headers
+
+
+# -- TCP bearer token -------------------------------------------------------------------------
+def test_missing_and_wrong_token_get_byte_identical_401(tcp_daemon):
+    missing = ping(tcp_daemon, without_auth(tcp_daemon))
+    wrong = ping(tcp_daemon, without_auth(tcp_daemon, Authorization="Bearer " + "A" * 43))
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.content == wrong.content == b'{"error":"unauthenticated"}'
+    assert "X-Client-Id" not in missing.headers and "X-Client-Id" not in wrong.headers
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(tcp_daemon, scheme):
+    response = ping(tcp_daemon, without_auth(tcp_daemon, Authorization=f"{scheme} {tcp_daemon.token}"))
+    assert response.json()["result"] == "pong"
+
+
+def test_non_ascii_or_control_token_is_a_plain_401(tcp_daemon):
+    for bad in ("Bearer tökén", "Bearer \x01\x02", "Bearer " + "é" * 43, "Basic abc", "Bearer"):
+        response = ping(tcp_daemon, without_auth(tcp_daemon, Authorization=bad.encode("utf-8").decode("latin-1")))
+        assert response.status_code in (401, 429)  # 429 once the throttle counts these
+
+
+def test_health_and_metrics_need_auth_unless_opted_out(make_daemon):
+    strict = make_daemon("tcp")
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert strict.get(path, headers={}).status_code == 401
+    lax = make_daemon("tcp", unauthenticated_metrics=True)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert lax.get(path, headers={}).status_code == 200
+    assert ping(lax, without_auth(lax)).status_code == 401  # only those three
+
+
+def test_token_file_is_0600_43_chars_and_never_leaked(make_daemon):
+    daemon = make_daemon("tcp")
+    token_file = daemon.data_dir / "daemon_token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert len(daemon.token) == 43
+
+
+# -- throttle ---------------------------------------------------------------------------------
+def test_throttle_locks_out_the_ip_not_the_port(tcp_daemon):
+    bad = without_auth(tcp_daemon, Authorization="Bearer wrong")
+    statuses = [ping(tcp_daemon, bad).status_code for _ in range(3)]  # each on a new connection/port
+    assert statuses == [401, 401, 401]
+    locked = ping(tcp_daemon)  # even the right token is refused while locked out
+    assert locked.status_code == 429
+    assert locked.json() == {"error": "rate limited"}
+    assert 50 <= int(locked.headers["Retry-After"]) <= 60
+    outcomes = [line["outcome"] for line in audit_lines(tcp_daemon)]
+    assert outcomes.count("denied") == 3 and "rate_limited" in outcomes
+
+
+def test_throttle_memory_is_bounded_and_expires():
+    now = [0.0]
+    throttle = Throttle(max_peers=100, clock=lambda: now[0])
+    for i in range(1000):
+        throttle.record_failure(f"10.0.{i // 256}.{i % 256}")
+    assert throttle.size() <= 200
+    for _ in range(3):
+        throttle.record_failure("victim")
+    assert throttle.retry_after("victim") == pytest.approx(60.0)
+    now[0] += 61
+    assert throttle.retry_after("victim") is None
+
+
+# -- Unix socket peer credentials --------------------------------------------------------------
+def statuses_as_nobody(socket_path: str, attempts: int) -> list[str]:
+    """Fork a child that becomes ``nobody`` and tries the socket; returns its status lines.
+
+    A fork, not an exec: the interpreter lives under /root, which ``nobody`` cannot enter.
+    """
+    import socket as socket_module
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery from here on, only syscalls, then _exit
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            body = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+            for _ in range(attempts):
+                sock = socket_module.socket(socket_module.AF_UNIX)
+                sock.connect(socket_path)
+                sock.sendall(b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nCheetahclaws-Api-Version: 0\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                os.write(write_end, sock.recv(65536).split(b"\r\n")[0] + b"\n")
+                sock.close()
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    output = b""
+    while chunk := os.read(read_end, 65536):
+        output += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return output.decode().splitlines()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_another_uid_is_refused_on_the_unix_socket_and_audited(unix_daemon):
+    path = unix_daemon.address[len("unix://"):]
+    # Loosen the file modes on purpose: the uid check must hold even when permissions do not.
+    os.chmod(os.path.dirname(path), 0o755)
+    os.chmod(path, 0o666)
+    os.chmod(unix_daemon.data_dir, 0o755)
+    statuses = statuses_as_nobody(path, 4)
+    assert statuses == ["HTTP/1.1 401 Unauthorized"] * 3 + ["HTTP/1.1 429 Too Many Requests"]
+    denied = [line for line in audit_lines(unix_daemon) if line["uid"] == NOBODY]
+    assert [line["outcome"] for line in denied] == ["denied"] * 3 + ["rate_limited"]
+    assert denied[0]["transport"] == "unix" and "uid" in denied[0]["reason"]
+    # The daemon's own user is keyed separately and still gets in.
+    assert ping(unix_daemon).json()["result"] == "pong"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a directory owned by someone else needs root")
+def test_socket_dir_writable_by_others_is_refused():
+    shared = short_tmpdir() / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    os.chown(shared, NOBODY, NOBODY)
+    result = cli("serve", "--data-dir", str(short_tmpdir()), "--listen", f"unix://{shared}/d.sock")
+    assert result.returncode == 2 and "writable by other users" in result.stderr
+
+
+# -- browser defences -------------------------------------------------------------------------
+def test_foreign_host_header_is_refused(tcp_daemon):
+    response = ping(tcp_daemon, {**tcp_daemon.headers(), "Host": "evil.example:8765"})
+    assert response.status_code == 403 and response.json() == {"error": "host not allowed"}
+    for host in ("localhost", "127.0.0.1:1234", "[::1]:80"):
+        assert ping(tcp_daemon, {**tcp_daemon.headers(), "Host": host}).status_code == 200
+
+
+def test_cross_origin_refused_unless_allow_listed(make_daemon):
+    daemon = make_daemon("tcp", allow_origins=("http://localhost:3000",))
+    refused = ping(daemon, {**daemon.headers(), "Origin": "http://evil.example"})
+    assert refused.status_code == 403 and refused.json() == {"error": "origin not allowed"}
+    allowed = ping(daemon, {**daemon.headers(), "Origin": "http://localhost:3000"})
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    preflight = daemon.http.options(daemon.base_url + "/rpc", headers={"Origin": "http://localhost:3000"})
+    assert preflight.status_code == 204
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+# -- token rotation ---------------------------------------------------------------------------
+def test_rotate_token_takes_effect_at_once_and_closes_old_streams(subprocess_daemon):
+    daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
+    old_token = daemon.token
+    stream = daemon.get("/events", stream=True, timeout=(5, 10))
+    chunks = stream.iter_content(chunk_size=None)
+    assert next(chunks).startswith(b"retry:")
+    result = cli("daemon", "rotate-token", "--data-dir", str(daemon.data_dir), "--print-token")
+    assert result.returncode == 0, result.stderr
+    new_token = result.stdout.strip().splitlines()[-1]
+    assert new_token != old_token and len(new_token) == 43
+    assert ping(daemon).status_code == 401  # the very next request with the old token
+    daemon.token = new_token
+    assert ping(daemon).json()["result"] == "pong"
+    # The old stream is closed (a read timeout would raise here), without a "graceful" shutdown.
+    assert b"event: shutdown" not in b"".join(chunks)
+    assert oct((daemon.data_dir / "daemon_token").stat().st_mode & 0o777) == "0o600"
+
+
+def test_hand_edited_token_file_is_followed(tcp_daemon):
+    token_file = tcp_daemon.data_dir / "daemon_token"
+    replacement = "B" * 43
+    tmp = token_file.with_name("tok.tmp")
+    tmp.write_text(replacement + "\n")
+    os.replace(tmp, token_file)
+    assert ping(tcp_daemon).status_code == 401
+    tcp_daemon.token = replacement
+    assert ping(tcp_daemon).json()["result"] == "pong"
+
+
+# -- audit ------------------------------------------------------------------------------------
+def test_audit_records_each_decision_and_successes_once_per_connection(tcp_daemon):
+    import http.client
+    host, port = tcp_daemon.address[len("tcp://"):].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port))
+    for _ in range(5):
+        connection.request("POST", "/rpc", body='{"jsonrpc":"2.0","method":"system.ping","id":1}',
+                           headers={**tcp_daemon.headers(), "X-Client-Kind": "repl"})
+        connection.getresponse().read()
+    connection.close()
+    ok = [line for line in audit_lines(tcp_daemon) if line["outcome"] == "ok"]
+    assert len(ok) == 1
+    line = ok[0]
+    assert set(line) >= {"transport", "outcome", "peer", "reason", "uid", "ts"}
+    assert line["peer"] == "127.0.0.1" and line["client_kind"] == "repl"
+
+
+def test_no_audit_flag(make_daemon):
+    daemon = make_daemon("tcp", audit=False)
+    ping(daemon)
+    assert not (daemon.data_dir / "logs" / "auth.jsonl").exists()
+
+
+def test_audit_log_rotates_by_size(tmp_path):
+    audit = AuditLog(tmp_path / "auth.jsonl", max_bytes=2000, backups=2)
+    for i in range(200):
+        audit.record(transport="tcp", outcome="denied", peer="127.0.0.1", reason="wrong bearer token")
+    audit.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["auth.jsonl", "auth.jsonl.1", "auth.jsonl.2"]
+    assert all(oct((tmp_path / name).stat().st_mode & 0o777) == "0o600" for name in files)
+
+
+# -- identity ---------------------------------------------------------------------------------
+def test_client_ids_are_minted_and_resumed_without_kind(tcp_daemon):
+    first = ping(tcp_daemon, {**tcp_daemon.headers(), "X-Client-Kind": "repl"})
+    client_id = first.headers["X-Client-Id"]
+    assert len(client_id) == 32 and all(c in "0123456789abcdef" for c in client_id)
+    again = ping(tcp_daemon, {**tcp_daemon.headers(), "X-Client-Id": client_id})  # no kind this time
+    assert again.headers["X-Client-Id"] == client_id
+
+
+def test_unknown_or_malformed_client_id_gets_a_fresh_one(tcp_daemon):
+    for presented in ("0" * 32, "not-hex", "A" * 32):
+        response = ping(tcp_daemon, {**tcp_daemon.headers(), "X-Client-Id": presented})
+        assert response.headers["X-Client-Id"] != presented
+
+
+def test_client_id_survives_a_restart(subprocess_daemon):
+    daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
+    minted = ping(daemon).headers["X-Client-Id"]
+    ping(daemon, {**daemon.headers(), "X-Client-Id": minted})  # presented again: now persisted
+    assert cli("daemon", "stop", "--data-dir", str(daemon.data_dir)).returncode == 0
+    again = subprocess_daemon("--listen", "tcp://127.0.0.1:0", data_dir=daemon.data_dir)
+    assert ping(again, {**again.headers(), "X-Client-Id": minted}).headers["X-Client-Id"] == minted
+
+
+def test_anonymous_one_shot_ids_are_not_persisted(tcp_daemon):
+    for _ in range(50):
+        ping(tcp_daemon)
+    tcp_daemon.daemon.clients.flush()
+    registry = tcp_daemon.data_dir / "clients.json"
+    assert not registry.exists() or json.loads(registry.read_text())["clients"] == []
+
+
+def test_watcher_cannot_borrow_the_originators_identity(tcp_daemon):
+    alice = tcp_daemon.client("repl")
+    bob = tcp_daemon.client("web")
+    seen: list[dict] = []
+    ready = threading.Event()
+
+    def watch():
+        for event in bob.events(since=0, reconnect=False):
+            seen.append(event)
+            ready.set()
+            if event["type"] == "permission_request":
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    request = alice.call("permission.demo", tool="Bash", input={"command": "rm -rf build"})
+    watcher.join(10)
+    event = next(e for e in seen if e["type"] == "permission_request")
+    assert alice.client_id not in json.dumps(seen)  # nothing in Bob's view reveals Alice's id
+    assert "client_id" not in event["originator"]
+    # Bob tries everything he saw: the request id, the public ref as a client id.
+    for borrowed in (None, event["originator"]["client_ref"], event["originator"]["client_ref"] * 2):
+        response = tcp_daemon.post({"jsonrpc": "2.0", "method": "permission.answer", "id": 1,
+                                    "params": {"request_id": request["request_id"], "result": {"approve": True}}},
+                                   headers={**tcp_daemon.headers(), **({"X-Client-Id": borrowed} if borrowed else {})})
+        assert response.status_code == 403 and response.json()["error"]["code"] == -32001
+    # Alice's own stream shows her id; she can answer.
+    own = next(e for e in alice.events(since=0, reconnect=False) if e["type"] == "permission_request")
+    assert own["originator"]["client_id"] == alice.client_id
+    assert alice.call("permission.answer", request_id=request["request_id"], result={"approve": True})
+
+
+def test_no_secret_in_any_file_the_daemon_wrote(subprocess_daemon):
+    daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0", "--log-level", "debug")
+    ids = set()
+    for kind in ("repl", "web"):
+        client = daemon.client(kind)
+        client.call("echo.ping", hello="world")
+        request = client.call("permission.demo", tool="Bash", input={})
+        client.call("permission.refresh_timeout", request_id=request["request_id"], extend_s=5)
+        client.call("permission.answer", request_id=request["request_id"], result={"approve": False})
+        ids.add(client.client_id)
+    ping(daemon, without_auth(daemon, Authorization="Bearer " + daemon.token[::-1]))
+    ping(daemon, without_auth(daemon, Authorization=daemon.token))
+    assert cli("daemon", "stop", "--data-dir", str(daemon.data_dir)).returncode == 0
+    daemon.process.wait(10)
+    secrets = [daemon.token, *ids]
+    for root, _, files in os.walk(daemon.data_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if name == "daemon_token":
+                continue
+            content = open(path, "rb").read()
+            for secret in secrets:
+                assert secret.encode() not in content, f"{secret[:6]}... found in {path}"
+    stdout, stderr = daemon.process.communicate(timeout=10)
+    for secret in ids:
+        assert secret not in stdout + stderr
