@@ -1,0 +1,134 @@
+"""Permission requests over the wire: shapes, originator-only actions, timeouts, refresh, listing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def alice(daemon):
+    return daemon.client("repl")
+
+
+@pytest.fixture
+def bob(daemon):
+    return daemon.client("web")
+
+
+def events_of(client, type_: str, count: int = 1) -> list[dict]:
+    found = []
+    for event in client.events(since=0, reconnect=False, types=[type_]):
+        found.append(event)
+        if len(found) == count:
+            return found
+    return found
+
+
+def test_demo_answer_shapes_and_events(alice):
+    created = alice.call("permission.demo", tool="Bash", input={"command": "ls"}, rationale="look around")
+    assert created["request_id"].startswith("pr_") and len(created["request_id"]) == 19
+    assert created["originator"] == alice.client_id
+    assert created["expires_at"] == pytest.approx(time.time() + 1800, abs=5)
+    pending = alice.call("permission.list")["pending"]
+    assert pending == [{"request_id": created["request_id"], "tool": "Bash", "input": {"command": "ls"},
+                        "rationale": "look around", "expires_at": created["expires_at"]}]
+    answered = alice.call("permission.answer", request_id=created["request_id"],
+                          result={"approve": True, "reason": "fine", "remember": False})
+    assert answered["request_id"] == created["request_id"]
+    assert answered["answer"] == {"approve": True, "reason": "fine", "remember": False}
+    assert answered["resolved_at"] >= created["expires_at"] - 1800
+    (event,) = events_of(alice, "permission_answered")
+    assert event["data"]["request_id"] == created["request_id"]
+    assert alice.call("permission.list") == {"pending": []}
+
+
+def test_non_originator_gets_403_and_minus_32001(daemon, alice, bob):
+    created = alice.call("permission.demo")
+    bob.call("system.ping")  # bob gets an id of his own
+    for method, params in (("permission.answer", {"request_id": created["request_id"], "result": {"approve": True}}),
+                           ("permission.refresh_timeout", {"request_id": created["request_id"], "extend_s": 60}),
+                           ("permission.get", {"request_id": created["request_id"]})):
+        response = daemon.post({"jsonrpc": "2.0", "method": method, "params": params, "id": 1},
+                               headers={**daemon.headers(), "X-Client-Id": bob.client_id})
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == -32001
+        assert response.json()["error"]["data"] == {"request_id": created["request_id"]}
+    assert bob.call("permission.list") == {"pending": []}  # only one's own
+
+
+def test_unknown_and_resolved_requests_are_minus_32002(alice, bob):
+    from cc_daemon.client import NotOriginator, UnknownRequest
+    with pytest.raises(UnknownRequest) as unknown:
+        alice.call("permission.answer", request_id="pr_0000000000000000", result={"approve": True})
+    assert unknown.value.data == {"request_id": "pr_0000000000000000"}
+    created = alice.call("permission.demo")
+    alice.call("permission.answer", request_id=created["request_id"], result={"approve": False})
+    with pytest.raises(UnknownRequest):
+        alice.call("permission.answer", request_id=created["request_id"], result={"approve": True})
+    # A non-originator cannot tell resolved from pending: still "not the originator".
+    with pytest.raises(NotOriginator):
+        bob.call("permission.answer", request_id=created["request_id"], result={"approve": True})
+    assert alice.call("permission.get", request_id=created["request_id"])["state"] == "answered"
+
+
+@pytest.mark.parametrize("result", [{"approve": "yes"}, {}, {"approve": True, "extra": 1}, "approve", None,
+                                    {"approve": True, "reason": 5}])
+def test_answer_result_must_be_the_documented_object(alice, result):
+    from cc_daemon.client import InvalidParams
+    created = alice.call("permission.demo")
+    with pytest.raises(InvalidParams):
+        alice.call("permission.answer", request_id=created["request_id"], result=result)
+    assert alice.call("permission.list")["pending"][0]["request_id"] == created["request_id"]
+
+
+def test_naming_another_originator_is_refused(alice):
+    from cc_daemon.client import InvalidParams
+    with pytest.raises(InvalidParams) as refused:
+        alice.call("permission.demo", originator="f" * 32)
+    assert refused.value.data["field"] == "originator"
+    assert alice.call("permission.demo", originator=alice.client_id)["originator"] == alice.client_id
+
+
+def test_expiry_auto_denies_within_100_ms(alice):
+    created = alice.call("permission.demo", timeout_s=0.3)
+    (event,) = events_of(alice, "permission_timeout")
+    assert event["data"] == {"request_id": created["request_id"], "auto_answer": "deny"}
+    assert 0 <= event["ts"] - created["expires_at"] < 0.1
+    assert alice.call("permission.get", request_id=created["request_id"])["state"] == "timed_out"
+
+
+@pytest.mark.parametrize("extend_s", [0, -5, 10**9, "60"])
+def test_refresh_takes_a_positive_bounded_extension(alice, extend_s):
+    from cc_daemon.client import InvalidParams
+    created = alice.call("permission.demo")
+    with pytest.raises(InvalidParams):
+        alice.call("permission.refresh_timeout", request_id=created["request_id"], extend_s=extend_s)
+
+
+def test_refresh_extends_and_is_capped_24h_after_creation(alice):
+    created = alice.call("permission.demo", timeout_s=0.5)
+    refreshed = alice.call("permission.refresh_timeout", request_id=created["request_id"], extend_s=600)
+    assert refreshed["expires_at"] == pytest.approx(created["expires_at"] + 600)
+    (event,) = events_of(alice, "permission_timeout_extended")
+    assert event["data"]["expires_at"] == refreshed["expires_at"]
+    # The old 0.5 s deadline must not fire any more.
+    wait_for(lambda: time.time() > created["expires_at"] + 0.2, 5, message="old deadline passed")
+    assert alice.call("permission.get", request_id=created["request_id"])["state"] == "pending"
+    for _ in range(200):
+        capped = alice.call("permission.refresh_timeout", request_id=created["request_id"], extend_s=86400)
+    detail = alice.call("permission.get", request_id=created["request_id"])
+    assert capped["expires_at"] == pytest.approx(detail["created_at"] + 86400)
+
+
+def test_reconnecting_client_gets_its_pending_requests_back(daemon):
+    first = daemon.client("repl")
+    created = first.call("permission.demo")
+    resumed = daemon.client("repl")
+    resumed.client_id = first.client_id  # the same persisted id, a new process
+    assert [p["request_id"] for p in resumed.call("permission.list")["pending"]] == [created["request_id"]]
+    (event,) = events_of(resumed, "permission_request")
+    assert event["originator"]["client_id"] == first.client_id
