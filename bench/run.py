@@ -65,9 +65,11 @@ SCENARIOS = ("rpc", "sse", "memory", "cold", "eventlog")
 class Bench:
     """One run: the plan, the reference (if installable), the records so far."""
 
-    def __init__(self, plan: Plan, reference: Path | None, client_procs: int | None, profile_dir: Path | None):
+    def __init__(self, plan: Plan, reference: Path | None, client_procs: int | None, profile_dir: Path | None,
+                 ccd_source: Path = servers.REPO_ROOT):
         self.plan = plan
         self.reference = reference
+        self.ccd_source = ccd_source
         self.client_procs = client_procs
         self.profile_dir = profile_dir
         self.records: list[report.Record] = []
@@ -87,7 +89,7 @@ class Bench:
             yield started
 
     def starters(self, transport: str, *, ceiling: bool = False, ccd_args: tuple[str, ...] = ()):
-        found = [lambda: servers.start_cc_daemon(transport, *ccd_args)]
+        found = [lambda: servers.start_cc_daemon(transport, *ccd_args, source=self.ccd_source)]
         if ceiling:
             found.append(lambda: servers.start_ceiling(transport))
         if self.reference is not None and transport == "tcp":  # the reference is started on TCP only
@@ -147,7 +149,7 @@ def bench_sse(bench: Bench) -> None:
                 bench.emit({"bench": "sse", "server": server.name, **result.summary()})
         for server in running:
             paused_run(bench, server, "default settings")
-    with bench.servers(lambda: servers.start_cc_daemon("tcp", "--event-buffer", str(SMALL_EVENT_BUFFER))) as small:
+    with bench.servers(*bench.starters("tcp", ccd_args=("--event-buffer", str(SMALL_EVENT_BUFFER)))[:1]) as small:
         paused_run(bench, small[0], f"--event-buffer {SMALL_EVENT_BUFFER}")
 
 
@@ -214,7 +216,8 @@ def settled(server: servers.Server, timeout: float = 10.0) -> tuple[int, int]:
 
 
 def bench_cold(bench: Bench) -> None:
-    kinds: list[tuple[str, Callable[[], float]]] = [(report.CCD, servers.cold_start_cc_daemon)]
+    kinds: list[tuple[str, Callable[[], float]]] = [
+        (report.CCD, lambda: servers.cold_start_cc_daemon(bench.ccd_source))]
     if bench.reference is not None:
         kinds.append((report.REFERENCE, lambda: servers.cold_start_reference(bench.reference)))
     times: dict[str, list[float]] = {name: [] for name, _ in kinds}
@@ -284,6 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the reference's virtualenv is kept (default bench/.cache)")
     parser.add_argument("--client-procs", type=int, default=None, metavar="N",
                         help="load-generator processes (default: one per core, fewer if fewer clients)")
+    parser.add_argument("--cc-daemon-src", type=Path, default=servers.REPO_ROOT, metavar="DIR",
+                        help="run cc_daemon from this source tree (another checkout, e.g. before/after a fix); "
+                             "default: this repository")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record cc_daemon with py-spy during each RPC and fan-out run (collapsed stacks in DIR)")
     parser.add_argument("--results", type=Path, default=None, metavar="FILE",
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = ensure_reference(args.cache_dir)
         except ReferenceUnavailable as exc:
             progress(f"reference skipped: {exc}")
-    bench = Bench(plan, reference, args.client_procs, args.profile)
+    bench = Bench(plan, reference, args.client_procs, args.profile, args.cc_daemon_src.resolve())
     info = machine()
     bench.emit(info)
     if reference is None:
@@ -324,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
               f"- date: {info['date']}, commit {info['commit']}, run time {time.monotonic() - started:.0f} s\n"
               f"- machine: {info['nproc']} cores, {info['cpu']}, Linux {info['kernel']}, Python {info['python']}\n"
               f"- command: `{command}` (from the repository root)\n"
-              f"- reference: {'cheetahclaws 3.5.89' if reference else 'not run'}; ceiling: bench/ceiling.py")
+              f"- cc_daemon from {args.cc_daemon_src.resolve()}; reference: "
+              f"{'cheetahclaws 3.5.89' if reference else 'not run'}; ceiling: bench/ceiling.py")
     text = report.markdown(bench.records, header)
     print("\n" + text)
     if args.results:

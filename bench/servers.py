@@ -84,10 +84,11 @@ def short_workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def _spawn(command: list[str], workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(command: list[str], workdir: Path, env: dict[str, str] | None = None,
+           cwd: Path = REPO_ROOT) -> subprocess.Popen:
     # Output goes to files, never to a pipe nobody reads (a full pipe would stall the server).
     with open(workdir / "stdout.log", "wb") as out, open(workdir / "stderr.log", "wb") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+        return subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
@@ -123,11 +124,15 @@ def cc_daemon_command(workdir: Path, listen: str, *extra: str) -> list[str]:
             "--listen", listen, *extra]
 
 
-def start_cc_daemon(transport: str, *extra: str) -> Server:
-    """``cc_daemon serve`` on a free TCP port or a Unix socket; address and token from the discovery file."""
+def start_cc_daemon(transport: str, *extra: str, source: Path = REPO_ROOT) -> Server:
+    """``cc_daemon serve`` on a free TCP port or a Unix socket; address and token from the discovery file.
+
+    ``python -m cc_daemon`` runs in ``source``, so that tree's ``cc_daemon`` package is the one
+    imported (``--cc-daemon-src``: compare another checkout, e.g. before and after a fix).
+    """
     workdir = short_workdir("ccb-")
     listen = f"unix://{workdir}/d.sock" if transport == "unix" else "tcp://127.0.0.1:0"
-    process = _spawn(cc_daemon_command(workdir, listen, *extra), workdir)
+    process = _spawn(cc_daemon_command(workdir, listen, *extra), workdir, cwd=source)
     discovery = workdir / "data" / "daemon.json"
 
     def read_discovery():
@@ -187,7 +192,7 @@ def _pings(target: Target) -> bool:
 
 
 def cold_start(name: str, command: Callable[[Path, int], list[str]], env: Callable[[Path], dict[str, str]],
-               token_prefix: str) -> float:
+               token_prefix: str, cwd: Path = REPO_ROOT) -> float:
     """Seconds from spawning ``serve`` to its first successful ``system.ping`` over TCP.
 
     Both daemons are started the same way: a fixed free port, ``--print-token``, the token
@@ -196,7 +201,7 @@ def cold_start(name: str, command: Callable[[Path, int], list[str]], env: Callab
     workdir = short_workdir("ccb-cold-")
     port = free_port()
     started = time.perf_counter()
-    process = _spawn(command(workdir, port), workdir, env(workdir))
+    process = _spawn(command(workdir, port), workdir, env(workdir), cwd)
     try:
         def answered():
             token = stdout_line(workdir, token_prefix)
@@ -209,9 +214,9 @@ def cold_start(name: str, command: Callable[[Path, int], list[str]], env: Callab
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def cold_start_cc_daemon() -> float:
+def cold_start_cc_daemon(source: Path = REPO_ROOT) -> float:
     return cold_start("cc_daemon", lambda w, port: cc_daemon_command(w, f"tcp://127.0.0.1:{port}", "--print-token"),
-                      lambda w: {}, "token:")
+                      lambda w: {}, "token:", source)
 
 
 def cold_start_reference(executable: Path) -> float:
