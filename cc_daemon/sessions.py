@@ -93,8 +93,6 @@ class SessionLimits:
     max_message_ids: int = 1024
     #: Ended sessions kept for ``session.get`` / ``session.list`` before being forgotten.
     max_ended_sessions: int = 100
-    #: After a cancel, how long a runtime has to end the turn before it is killed.
-    cancel_grace_s: float = 5.0
 
 
 @dataclass
@@ -447,7 +445,7 @@ class Session:
         self._publish("turn_cancel_requested", {"turn_id": turn.turn_id, "reason": reason, "by": by}, turn.originator)
         self.supervisor.send(encode({"type": "cancel", "turn_id": turn.turn_id, "reason": reason}))
         self._cancel_permissions("turn cancelled")
-        grace = self.manager.limits.cancel_grace_s
+        grace = self.manager.supervision.cancel_grace_s
         turn.timers.append(self.manager.scheduler.call_later(grace, lambda: self._cancel_overdue(turn, grace)))
 
     def _time_out(self, turn: Turn) -> None:

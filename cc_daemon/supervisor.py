@@ -63,6 +63,8 @@ class SupervisionConfig:
     stable_after_s: float = 60.0
     stop_grace_s: float = 2.0
     kill_after_s: float = 5.0
+    #: After a turn's cancel, how long its runtime has to end the turn before it is killed.
+    cancel_grace_s: float = 5.0
 
 
 @dataclass(frozen=True)
