@@ -285,6 +285,7 @@ class SqliteEventStore:
         self._failure: str | None = None
         self._retry_delay = self.MIN_RETRY_S
         self._prune_retry_at = 0.0
+        self._commits = self._committed = 0  # since open: how well group commit batches
         self._closing = False
         self._closed = False
         self._on_visible: Callable[[], None] = lambda: None
@@ -413,7 +414,7 @@ class SqliteEventStore:
         self._pending_events[:0] = events
         self._pending_rows[:0] = rows
         if self._failure is None:
-            log.error("event log %s: cannot store %d events (%s: %s); publishing is refused and the "
+            log.error("event log %s: cannot store %d event(s) (%s: %s); publishing is refused and the "
                       "write retried until it succeeds", self.path, len(rows), type(error).__name__, error)
         else:
             self._retry_delay = min(self._retry_delay * 2, self.MAX_RETRY_S)
@@ -430,6 +431,8 @@ class SqliteEventStore:
         if self._oldest > self._visible:  # the log was empty: this batch starts it
             self._oldest_ts = events[0].ts
         self._visible = events[-1].id
+        self._commits += 1
+        self._committed += len(events)
         if self._retention_due():
             self._work.notify()
         if self._failure is not None:
@@ -535,9 +538,9 @@ class SqliteEventStore:
     def health(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             ok = self._failure is None and not self._closing and self._maintenance.is_alive()
-            detail = {"ok": ok, "path": str(self.path), "last_id": self._visible, "oldest_id": self._oldest,
+            detail = {"ok": ok, "last_id": self._visible, "oldest_id": self._oldest,
                       "pending": len(self._pending_rows), "failure": self._failure,
-                      "synchronous": self.synchronous}
+                      "synchronous": self.synchronous, "commits": self._commits, "events_committed": self._committed}
         return ok, detail
 
     def integrity_check(self) -> list[str]:
@@ -596,7 +599,7 @@ class SqliteEventStore:
             lost = len(self._pending_rows)
             self._writing = True  # nobody writes again
         if lost:
-            log.error("event log %s: %d events could not be stored before closing (%s); their publishers "
+            log.error("event log %s: %d event(s) could not be stored before closing (%s); their publishers "
                       "were told", self.path, lost, self._failure)
         try:
             # Fold the WAL into the main file, so that a stopped daemon leaves one self-contained file.
