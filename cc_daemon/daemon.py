@@ -21,7 +21,8 @@ from typing import Any
 
 from . import API_VERSION, __version__
 from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
-from .events import EventBus, MemoryEventStore
+from .eventlog import DEFAULT_RETENTION_EVENTS, EventLogError, SqliteEventStore
+from .events import EventBus
 from .identity import ClientRegistry, load_or_create_key
 from .methods import MethodContext, build_registry
 from .metrics import Metrics
@@ -49,7 +50,12 @@ class DaemonOptions:
     unauthenticated_metrics: bool = False
     allow_remote: bool = False
     allow_origins: tuple[str, ...] = ()
+    #: Recent events kept in memory to serve the live tail without reading the database.
     event_buffer: int = 65536
+    retention_events: int = DEFAULT_RETENTION_EVENTS
+    retention_days: float = 7.0
+    #: "normal": events survive a daemon crash; "full": also power loss (fsync per group commit).
+    event_log_sync: str = "normal"
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
 
@@ -72,6 +78,7 @@ class Daemon:
         self._serve_thread: threading.Thread | None = None
         self._socket_identity: tuple[int, int] | None = None
         self._log_handler: logging.Handler | None = None
+        self.event_log: SqliteEventStore | None = None
         self.address: ListenAddress = options.listen
 
     # -- start ------------------------------------------------------------------------------
@@ -104,7 +111,8 @@ class Daemon:
         self._attach_log_file()
         self.scheduler = Scheduler()
         self.metrics = Metrics()
-        self.bus = EventBus(MemoryEventStore(options.event_buffer))
+        self.event_log = self._open_event_log()
+        self.bus = EventBus(self.event_log)
         self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
         if self.tokens is not None:
             self.tokens.load_or_create()
@@ -113,7 +121,8 @@ class Daemon:
                                       load_or_create_key(self.data_dir.root / "identity_key"))
         self.permissions = PermissionStore(self.bus, self.scheduler)
         self.registry = build_registry(MethodContext(
-            bus=self.bus, clients=self.clients, permissions=self.permissions, describe=self.describe,
+            bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
+            describe=self.describe,
             request_shutdown=self.request_stop, rotate_token=self.rotate_token, uptime_s=self.uptime_s))
         self.dispatcher = Dispatcher(self.registry, self._count_call)
         authenticator = Authenticator(self.tokens, self.audit, Throttle(),
@@ -140,6 +149,15 @@ class Daemon:
         self._ready = True
         log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__, self.address.url(),
                  os.getpid(), self.data_dir.root)
+
+    def _open_event_log(self) -> SqliteEventStore:
+        options = self.options
+        try:
+            return SqliteEventStore(self.data_dir.database, retention_events=options.retention_events,
+                                    retention_age_s=options.retention_days * 86400.0,
+                                    cache_events=options.event_buffer, synchronous=options.event_log_sync)
+        except EventLogError as exc:
+            raise StartupError(str(exc)) from None
 
     def _allowed_hosts(self) -> frozenset[str]:
         host = (self.options.listen.host or "").lower()
@@ -199,7 +217,8 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         ready = self._ready and not self._stop_requested.is_set()
-        return ready, {"stopping": self._stop_requested.is_set()}
+        event_log_ok, event_log = self.event_log.health()
+        return ready and event_log_ok, {"stopping": self._stop_requested.is_set(), "event_log": event_log}
 
     def describe(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "api_version": API_VERSION,
@@ -266,6 +285,8 @@ class Daemon:
         remove_quietly(self.data_dir.pid_file)
 
     def _release(self) -> None:
+        if self.event_log is not None:
+            self.event_log.close()  # everything appended is stored before another daemon may open the file
         self._lock.release()
         if self._log_handler is not None:
             logging.getLogger("cc_daemon").removeHandler(self._log_handler)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..eventlog import SqliteEventStore
 from ..events import EventBus
 from ..identity import ClientRegistry
 from ..permissions import PermissionStore
@@ -25,6 +26,8 @@ class MethodContext:
     bus: EventBus
     clients: ClientRegistry
     permissions: PermissionStore
+    #: The durable event log, for history queries (publishing goes through ``bus``).
+    event_log: SqliteEventStore
     #: A snapshot of the daemon's identity and counters for system.version / system.status.
     describe: Callable[[], dict]
     request_shutdown: Callable[[], None]
@@ -33,9 +36,10 @@ class MethodContext:
 
 
 def build_registry(context: MethodContext) -> Registry:
-    from . import permission, system
+    from . import events, permission, system
 
     registry = Registry()
     system.register(registry, context)
     permission.register(registry, context)
+    events.register(registry, context)
     return registry
