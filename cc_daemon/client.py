@@ -517,6 +517,8 @@ class EventStream:
                     break
                 self._drop(f"event stream lost ({reason_of(exc)})", exc)
                 continue
+            if self._closed.is_set():  # closed from another thread while this frame was in flight
+                break
             event = self._decode(frame)
             self._delivered_since_connect = True
             self._backoff = self.INITIAL_BACKOFF_S

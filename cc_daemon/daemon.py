@@ -10,7 +10,6 @@ Must not: implement any service or endpoint itself; it only wires them together.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 import threading
@@ -28,8 +27,12 @@ from .methods import MethodContext, build_registry
 from .metrics import Metrics
 from .permissions import PermissionStore
 from .rpc import Dispatcher
-from .storage import (AlreadyRunning, DataDir, InstanceLock, atomic_write, atomic_write_json, read_json,
-                      remove_quietly)
+from .runtimes.registry import RuntimeRegistry
+from .sessions import SessionLimits, SessionManager
+from .state import RecordTable
+from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
+                      atomic_write_json, read_json, remove_quietly)
+from .supervisor import SupervisionConfig
 from .timers import Scheduler
 from .transport import Limits, ListenAddress, Services, make_server
 
@@ -58,6 +61,11 @@ class DaemonOptions:
     event_log_sync: str = "normal"
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    #: Sessions whose runtime runs (or will restart) at once; session.create refuses more.
+    max_sessions: int = 8
+    max_queued_turns: int = 16
+    #: Restart backoff and stop timings of session runtimes (tests shrink them).
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
 
     @property
     def resolved_token_path(self) -> Path:
@@ -116,14 +124,27 @@ class Daemon:
         self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
         if self.tokens is not None:
             self.tokens.load_or_create()
+            self.tokens.on_change = self._end_streams_of_old_tokens
         self.audit = AuditLog(self.data_dir.audit_log if options.audit else None)
-        self.clients = ClientRegistry(self.data_dir.root / "clients.json",
-                                      load_or_create_key(self.data_dir.root / "identity_key"))
-        self.permissions = PermissionStore(self.bus, self.scheduler)
+        # Clients and pending permission requests live in the same database as the events.
+        self.client_table = RecordTable(self.data_dir.database, "clients", options.event_log_sync)
+        self.permission_table = RecordTable(self.data_dir.database, "permission_requests", options.event_log_sync)
+        self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.root / "identity_key"))
+        self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
+        self.runtimes = RuntimeRegistry.discover()
+        self.runtime_infos = self.runtimes.describe()
+        for info in self.runtime_infos:
+            log.info("runtime %s", info.describe())
+        self.sessions = SessionManager(
+            self.bus, self.permissions, self.scheduler, self.data_dir.sessions_dir, self.runtimes,
+            limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
+            supervision=options.supervision)
         self.registry = build_registry(MethodContext(
             bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
             describe=self.describe,
-            request_shutdown=self.request_stop, rotate_token=self.rotate_token, uptime_s=self.uptime_s))
+            request_shutdown=self.request_stop, rotate_token=self.rotate_token, uptime_s=self.uptime_s,
+            sessions=self.sessions))
+        self.permissions.restore()
         self.dispatcher = Dispatcher(self.registry, self._count_call)
         authenticator = Authenticator(self.tokens, self.audit, Throttle(),
                                       allowed_hosts=self._allowed_hosts(),
@@ -178,8 +199,8 @@ class Daemon:
         atomic_write_json(self.data_dir.discovery_file, info)
 
     def _attach_log_file(self) -> None:
-        handler = logging.handlers.RotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
-                                                       backupCount=3, encoding="utf-8")
+        handler = PrivateRotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
+                                             backupCount=3, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(getattr(logging, self.options.log_level.upper(), logging.INFO))
         package_logger = logging.getLogger("cc_daemon")
@@ -201,6 +222,10 @@ class Daemon:
         m.describe_counter("ccd_rpc_calls_total", "JSON-RPC calls by method and outcome")
         m.describe_counter("ccd_http_requests_total", "HTTP requests by endpoint")
         m.describe_counter("ccd_events_delivered_total", "Events written to SSE subscribers")
+        m.describe_counter("ccd_http_responses_total", "HTTP responses by status code")
+        m.describe_counter("ccd_http_request_seconds_total", "Seconds spent answering HTTP requests")
+        m.describe_counter("ccd_auth_denied_total", "Requests refused by authentication, by status")
+        m.describe_counter("ccd_connections_refused_total", "Connections refused over the connection cap")
         m.gauge("ccd_uptime_seconds", "Seconds since the daemon started", self.uptime_s)
         m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
         m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
@@ -226,17 +251,22 @@ class Daemon:
                 "address": self.address.url(), "data_dir": str(self.data_dir.root),
                 "started_at": self.started_at, "uptime_s": round(self.uptime_s(), 3),
                 "last_event_id": self.bus.last_id(), "subscribers": self.bus.subscriber_count,
-                "pending_permissions": self.permissions.pending_count()}
+                "pending_permissions": self.permissions.pending_count(),
+                "sessions": self.sessions.counts(),
+                "runtimes": [info.as_dict() for info in self.runtime_infos]}
 
     def rotate_token(self) -> bool:
         if self.tokens is None:
             return False
         self.tokens.rotate()
+        self._end_streams_of_old_tokens()
+        return True
+
+    def _end_streams_of_old_tokens(self) -> None:
         generation = self.tokens.generation
         closed = self.bus.end_subscriptions(
             lambda s: s.tag is not None and s.tag.token_generation not in (None, generation), "token_rotated")
-        log.info("token rotated; %d event streams opened with the old token were closed", closed)
-        return True
+        log.info("token changed; %d event streams opened with the old token were closed", closed)
 
     # -- stop -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -257,6 +287,7 @@ class Daemon:
         if server is not None:
             server.stop_accepting()
             server.in_flight.wait_idle(grace_s)
+        self.sessions.close_all("daemon shutdown")  # before the bus closes: their last events are kept
         self.bus.close()
         deadline = time.monotonic() + 2.0
         while self.bus.subscriber_count and time.monotonic() < deadline:
@@ -266,6 +297,8 @@ class Daemon:
         self.permissions.close()
         self.scheduler.stop()
         self.clients.flush()
+        self.client_table.close()
+        self.permission_table.close()
         self._remove_own_files()
         self.audit.close()
         log.info("stopped")

@@ -7,8 +7,8 @@ holder, ``client_ref`` is a short public handle for events. Neither the registry
 any event, log or response to someone else contains a client id.
 
 A freshly minted id is *provisional* (kept in a bounded in-memory LRU) until its holder
-presents it again or it originates something; only then is it written to disk. So a curl
-loop that never sends ``X-Client-Id`` cannot grow the registry file.
+presents it again or it originates something; only then is it written to the daemon's
+database. So a curl loop that never sends ``X-Client-Id`` cannot grow the registry.
 
 Must not: authenticate anyone (auth does that first), know about HTTP headers.
 """
@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .events import Originator
-from .storage import atomic_write, atomic_write_json, read_json
+from .state import RecordTable
+from .storage import atomic_write
 
 CLIENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CLIENT_KIND_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
@@ -64,11 +65,11 @@ class Caller:
 
 
 class ClientRegistry:
-    """Thread-safe registry of known clients, persisted to a JSON file."""
+    """Thread-safe registry of known clients, persisted in a ``RecordTable``."""
 
-    def __init__(self, path: Path | None, secret: bytes, *, max_clients: int = 10_000,
+    def __init__(self, table: RecordTable | None, secret: bytes, *, max_clients: int = 10_000,
                  max_provisional: int = 10_000, idle_expiry_s: float = 30 * 86400, clock=time.time):
-        self._path = path
+        self._table = table
         self._secret = secret
         self._max_clients = max_clients
         self._max_provisional = max_provisional
@@ -77,7 +78,8 @@ class ClientRegistry:
         self._lock = threading.Lock()
         self._known: OrderedDict[str, ClientRecord] = OrderedDict()
         self._provisional: OrderedDict[str, ClientRecord] = OrderedDict()
-        self._dirty = False
+        self._changed: set[str] = set()
+        self._removed: set[str] = set()
         self._load()
 
     # -- hashing ----------------------------------------------------------------------------
@@ -125,14 +127,14 @@ class ClientRegistry:
             return len(self._known)
 
     def flush(self) -> None:
-        """Write the registry if it changed since the last write."""
+        """Write what changed since the last write, in one transaction."""
         with self._lock:
-            if not self._dirty or self._path is None:
-                return
             self._expire_idle()
-            payload = {"version": 2, "clients": [asdict(record) for record in self._known.values()]}
-            self._dirty = False
-        atomic_write_json(self._path, payload)
+            upserts = {key: asdict(self._known[key]) for key in self._changed if key in self._known}
+            removed = self._removed - set(upserts)
+            self._changed, self._removed = set(), set()
+        if self._table is not None:
+            self._table.write(upserts, removed)
 
     # -- internals --------------------------------------------------------------------------
     def _caller(self, client_id: str, record: ClientRecord, transport: str, peer: str) -> Caller:
@@ -153,38 +155,40 @@ class ClientRegistry:
                 confirmed_now = True
             record.last_seen = now
             record.kind = kind or record.kind
-            self._dirty = True
+            self._changed.add(key)
             return record, confirmed_now
 
     def _remember(self, record: ClientRecord) -> None:
         self._known[record.client_key] = record
-        trim(self._known, self._max_clients)
-        self._dirty = True
+        self._changed.add(record.client_key)
+        self._removed.update(trim(self._known, self._max_clients))
 
     def _expire_idle(self) -> None:
         horizon = self._clock() - self._idle_expiry_s
         for key in [key for key, record in self._known.items() if record.last_seen < horizon]:
             del self._known[key]
+            self._removed.add(key)
 
     def _load(self) -> None:
-        payload = read_json(self._path) if self._path is not None else None
-        if not isinstance(payload, dict):
-            return
-        for entry in payload.get("clients", []):
+        records = self._table.load() if self._table is not None else {}
+        for key, entry in sorted(records.items(), key=lambda item: item[1].get("last_seen", 0)):
             try:
-                record = ClientRecord(str(entry["client_key"]), clean_kind(entry.get("kind")),
-                                      float(entry["created_at"]), float(entry["last_seen"]))
+                record = ClientRecord(key, clean_kind(entry.get("kind")), float(entry["created_at"]),
+                                      float(entry["last_seen"]))
             except (KeyError, TypeError, ValueError):
+                self._removed.add(key)
                 continue
             if CLIENT_KEY_RE.match(record.client_key):
                 self._known[record.client_key] = record
         self._expire_idle()
 
 
-def trim(table: OrderedDict, limit: int) -> None:
-    """Drop the oldest entries of an LRU-ordered table beyond ``limit``."""
+def trim(table: OrderedDict, limit: int) -> list:
+    """Drop the oldest entries of an LRU-ordered table beyond ``limit``; returns their keys."""
+    dropped = []
     while len(table) > limit:
-        table.popitem(last=False)
+        dropped.append(table.popitem(last=False)[0])
+    return dropped
 
 
 def load_or_create_key(path: Path) -> bytes:

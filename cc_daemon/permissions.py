@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .events import EventBus, Originator
 from .rpc import NOT_ORIGINATOR, UNKNOWN_REQUEST, RpcError
+from .state import RecordTable
 from .timers import Scheduler, TimerHandle
 
 INTERACTIVE_TIMEOUT_S = 1800.0
@@ -65,14 +66,30 @@ class PermissionRequest:
         return {**self.summary(), "state": self.state, "mode": self.mode, "created_at": self.created_at,
                 "answer": self.answer, "resolved_at": self.resolved_at, "turn_id": self.turn_id}
 
+    def record(self) -> dict[str, Any]:
+        """What survives a restart (the originator only as its keyed hash and public ref)."""
+        return {"tool": self.tool, "input": self.input, "rationale": self.rationale,
+                "client_key": self.originator.client_key, "client_ref": self.originator.client_ref,
+                "kind": self.originator.kind, "created_at": self.created_at, "expires_at": self.expires_at,
+                "mode": self.mode, "session_id": self.session_id, "turn_id": self.turn_id}
+
+    @classmethod
+    def from_record(cls, request_id: str, record: dict[str, Any]) -> PermissionRequest:
+        originator = Originator(record["client_key"], record["client_ref"], record.get("kind"))
+        return cls(request_id, record["tool"], record["input"], record.get("rationale"), originator,
+                   record["created_at"], record["expires_at"], record.get("mode", "interactive"),
+                   record.get("session_id"), record.get("turn_id"))
+
 
 Resolution = Callable[[PermissionRequest], None]
 
 
 class PermissionStore:
-    def __init__(self, bus: EventBus, scheduler: Scheduler, *, max_resolved: int = 10_000,
-                 max_lifetime_s: float = MAX_LIFETIME_S, clock=time.time, monotonic=time.monotonic):
+    def __init__(self, bus: EventBus, scheduler: Scheduler, *, table: RecordTable | None = None,
+                 max_resolved: int = 10_000, max_lifetime_s: float = MAX_LIFETIME_S, clock=time.time,
+                 monotonic=time.monotonic):
         self._bus = bus
+        self._table = table
         self._scheduler = scheduler
         self._max_resolved = max_resolved
         self._max_lifetime_s = max_lifetime_s
@@ -100,6 +117,7 @@ class PermissionStore:
             mode=mode, session_id=session_id, turn_id=turn_id)
         with self._lock:
             self._pending[request.request_id] = request
+            self._save(request)
             self._arm(request)
         self._bus.publish("permission_request", {**request.summary(), "mode": mode, "turn_id": turn_id},
                           session_id=session_id, originator=originator)
@@ -123,6 +141,7 @@ class PermissionStore:
             request.expires_at = min(request.expires_at + extend_s, cap)
             if request.timer is not None:
                 request.timer.cancel()
+            self._save(request)
             self._arm(request)
         self._bus.publish("permission_timeout_extended",
                           {"request_id": request_id, "expires_at": request.expires_at},
@@ -145,12 +164,38 @@ class PermissionStore:
         """Resolve a session's pending requests as denied (its turn or process is gone)."""
         with self._lock:
             doomed = [r for r in self._pending.values() if r.session_id == session_id]
-            for request in doomed:
-                self._resolve(request, CANCELLED, {"approve": False, "reason": reason})
         for request in doomed:
-            self._bus.publish("permission_cancelled", {"request_id": request.request_id, "reason": reason},
-                              session_id=session_id, originator=request.originator)
-            self._notify(request)
+            self._cancel(request, reason)
+
+    def _cancel(self, request: PermissionRequest, reason: str) -> None:
+        with self._lock:
+            if request.state != PENDING:
+                return
+            self._resolve(request, CANCELLED, {"approve": False, "reason": reason})
+        self._bus.publish("permission_cancelled", {"request_id": request.request_id, "reason": reason},
+                          session_id=request.session_id, originator=request.originator)
+        self._notify(request)
+
+    def restore(self) -> None:
+        """Bring back the requests pending when the daemon last stopped.
+
+        A request a session's runtime asked is resolved as denied: that process is gone, so
+        no answer could reach it. Any other request is pending again with its old deadline
+        (one that passed meanwhile expires at once, with the usual event).
+        """
+        if self._table is None:
+            return
+        orphaned = []
+        with self._lock:
+            for request_id, record in self._table.load().items():
+                request = PermissionRequest.from_record(request_id, record)
+                self._pending[request_id] = request
+                if request.session_id is not None:
+                    orphaned.append(request)
+                else:
+                    self._arm(request)
+        for request in orphaned:
+            self._cancel(request, "the daemon restarted; the runtime that asked is gone")
 
     def pending_count(self) -> int:
         with self._lock:
@@ -184,6 +229,10 @@ class PermissionStore:
                            {"request_id": request_id, "state": request.state})
         return request
 
+    def _save(self, request: PermissionRequest) -> None:
+        if self._table is not None:
+            self._table.write({request.request_id: request.record()})
+
     def _arm(self, request: PermissionRequest) -> None:
         delay = request.expires_at - self._clock()
         request.timer = self._scheduler.call_at(self._monotonic() + max(0.0, delay),
@@ -206,6 +255,8 @@ class PermissionStore:
         request.answer = answer
         request.resolved_at = self._clock()
         del self._pending[request.request_id]
+        if self._table is not None:
+            self._table.write(deletes=[request.request_id])
         self._resolved[request.request_id] = request
         while len(self._resolved) > self._max_resolved:
             self._resolved.popitem(last=False)

@@ -205,18 +205,21 @@ def test_originator_sees_its_id_only_in_its_own_stream(daemon):
 
 
 def test_gap_is_an_event_or_an_exception_and_iteration_continues(make_daemon):
-    running = make_daemon("tcp", event_buffer=4)
+    running = make_daemon("tcp", retention_events=4, event_buffer=4)
     with connect(running) as client:
         for n in range(10):
             client.call("echo.ping", n=n)
+        newest = client.last_event_id()
+        wait_for(lambda: running.daemon.bus.oldest_id() == newest - 3, message="retention to keep 4 events")
         gap = next(iter(client.events(0)))
         assert gap["type"] == "gap"
-        assert gap["data"] == {"missed_from": 1, "missed_to": 6, "reason": "retention"} and gap["id"] == 6
+        assert gap["data"] == {"missed_from": 1, "missed_to": newest - 4, "reason": "retention"}
+        assert gap["id"] == newest - 4
         stream = client.events(0, raise_on_gap=True)
         with pytest.raises(EventGap) as raised:
             next(stream)
-        assert (raised.value.missed_from, raised.value.missed_to) == (1, 6)
-        assert next(stream)["id"] == 7  # the same stream goes on after the hole
+        assert (raised.value.missed_from, raised.value.missed_to) == (1, newest - 4)
+        assert next(stream)["id"] == newest - 3  # the same stream goes on after the hole
 
 
 def test_reconnects_with_a_rotated_token_without_loss(tcp_daemon):

@@ -6,7 +6,12 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from cc_daemon.client import InvalidParams, NotOriginator, UnknownRequest
+from cc_daemon.daemon import Daemon, DaemonOptions
+from cc_daemon.events import Originator
+from cc_daemon.storage import DataDir
+from cc_daemon.transport import ListenAddress
+from conftest import cli, wait_for
 
 
 @pytest.fixture
@@ -61,7 +66,6 @@ def test_non_originator_gets_403_and_minus_32001(daemon, alice, bob):
 
 
 def test_unknown_and_resolved_requests_are_minus_32002(alice, bob):
-    from cc_daemon.client import NotOriginator, UnknownRequest
     with pytest.raises(UnknownRequest) as unknown:
         alice.call("permission.answer", request_id="pr_0000000000000000", result={"approve": True})
     assert unknown.value.data == {"request_id": "pr_0000000000000000"}
@@ -78,7 +82,6 @@ def test_unknown_and_resolved_requests_are_minus_32002(alice, bob):
 @pytest.mark.parametrize("result", [{"approve": "yes"}, {}, {"approve": True, "extra": 1}, "approve", None,
                                     {"approve": True, "reason": 5}])
 def test_answer_result_must_be_the_documented_object(alice, result):
-    from cc_daemon.client import InvalidParams
     created = alice.call("permission.demo")
     with pytest.raises(InvalidParams):
         alice.call("permission.answer", request_id=created["request_id"], result=result)
@@ -86,7 +89,6 @@ def test_answer_result_must_be_the_documented_object(alice, result):
 
 
 def test_naming_another_originator_is_refused(alice):
-    from cc_daemon.client import InvalidParams
     with pytest.raises(InvalidParams) as refused:
         alice.call("permission.demo", originator="f" * 32)
     assert refused.value.data["field"] == "originator"
@@ -103,7 +105,6 @@ def test_expiry_auto_denies_within_100_ms(alice):
 
 @pytest.mark.parametrize("extend_s", [0, -5, 10**9, "60"])
 def test_refresh_takes_a_positive_bounded_extension(alice, extend_s):
-    from cc_daemon.client import InvalidParams
     created = alice.call("permission.demo")
     with pytest.raises(InvalidParams):
         alice.call("permission.refresh_timeout", request_id=created["request_id"], extend_s=extend_s)
@@ -132,3 +133,52 @@ def test_reconnecting_client_gets_its_pending_requests_back(daemon):
     assert [p["request_id"] for p in resumed.call("permission.list")["pending"]] == [created["request_id"]]
     (event,) = events_of(resumed, "permission_request")
     assert event["originator"]["client_id"] == first.client_id
+
+
+def test_pending_requests_survive_a_restart(subprocess_daemon):
+    daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
+    alice = daemon.client("repl")
+    kept = alice.call("permission.demo", tool="Write", input={"path": "a.txt"}, rationale="save")
+    expiring = alice.call("permission.demo", timeout_s=0.5)
+    assert cli("daemon", "stop", "--data-dir", str(daemon.data_dir)).returncode == 0
+    wait_for(lambda: time.time() > expiring["expires_at"] + 0.1, 5, message="deadline passes while down")
+    again = subprocess_daemon("--listen", "tcp://127.0.0.1:0", data_dir=daemon.data_dir)
+    resumed = again.client("repl")
+    resumed.client_id = alice.client_id
+    pending = resumed.call("permission.list")["pending"]
+    assert [p["request_id"] for p in pending] == [kept["request_id"]]
+    assert pending[0]["input"] == {"path": "a.txt"} and pending[0]["expires_at"] == kept["expires_at"]
+    wait_for(lambda: resumed.call("permission.get", request_id=expiring["request_id"])["state"] == "timed_out",
+             5, message="the request whose deadline passed while down times out")
+    answered = resumed.call("permission.answer", request_id=kept["request_id"], result={"approve": True})
+    assert answered["answer"] == {"approve": True}
+    other = again.client("web")
+    with pytest.raises(NotOriginator):
+        other.call("permission.refresh_timeout", request_id=kept["request_id"])
+
+
+def test_a_runtimes_request_is_denied_after_a_restart(make_daemon):
+    first = make_daemon("unix")
+    store = first.daemon.permissions
+    request = store.create(Originator("k" * 64, "r" * 16, "repl"), "Bash", {"command": "ls"},
+                           session_id="s_gone", turn_id="t_1")
+    first.daemon.stop()
+    layout = DataDir(first.data_dir)
+    second = Daemon(DaemonOptions(listen=ListenAddress.unix(layout.default_socket), data_dir=layout))
+    second.start()
+    try:
+        cancelled = [e for e in read_all(second) if e.type == "permission_cancelled"]
+        assert [e.data["request_id"] for e in cancelled] == [request.request_id]
+        assert "restarted" in cancelled[0].data["reason"] and cancelled[0].session_id == "s_gone"
+        assert second.permissions.pending_count() == 0
+    finally:
+        second.stop()
+
+
+def read_all(daemon) -> list:
+    subscription = daemon.bus.subscribe(0)
+    events = []
+    while batch := subscription.next_batch(0):
+        events.extend(batch)
+    subscription.close()
+    return events

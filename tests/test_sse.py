@@ -107,8 +107,9 @@ def test_type_filter(daemon):
 
 
 def test_gap_when_requested_ids_were_evicted(make_daemon):
-    daemon = make_daemon("tcp", event_buffer=16)
+    daemon = make_daemon("tcp", retention_events=16)
     publish(daemon, 40)
+    wait_for(lambda: daemon.daemon.bus.oldest_id() == 25, message="retention to prune down to 16 events")
     response, events = open_stream(daemon, "?since=3")
     gap, first = take(events, 2)
     assert gap["type"] == "gap"
@@ -118,38 +119,59 @@ def test_gap_when_requested_ids_were_evicted(make_daemon):
     response.close()
 
 
-def test_slow_reader_gets_exact_gap_and_never_blocks_publishers(make_daemon):
-    daemon = make_daemon("tcp", event_buffer=64)
-    # A raw socket that asks for the stream and then does not read it.
+def stalled_reader(daemon) -> socket.socket:
+    """A raw connection that asks for the whole stream and then does not read it."""
     host, port = daemon.address[len("tcp://"):].rsplit(":", 1)
     lazy = socket.socket()
     lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
     lazy.connect((host, int(port)))
     head = "".join(f"{k}: {v}\r\n" for k, v in daemon.headers().items())
     lazy.sendall(f"GET /events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
-    publish(daemon, 3000, pad="x" * 200)  # publishers are not slowed by the stalled reader
-    assert daemon.rpc("system.ping")["result"] == "pong"
-    # Now read everything: ids must be increasing, and any hole must be announced by a gap.
-    lazy.settimeout(5)
-    buffer = b""
-    while b'"n":2999' not in buffer:
-        chunk = lazy.recv(1 << 20)
+    return lazy
+
+
+def read_until_event(sock: socket.socket, last_n: int) -> list[dict]:
+    """Read a raw stream until the ping with params n == last_n; returns every event seen."""
+    sock.settimeout(5)
+    buffer, marker = b"", f'"n":{last_n},'.encode()
+    while marker not in buffer or b"\n\n" not in buffer[buffer.index(marker):]:  # up to the end of that frame
+        chunk = sock.recv(1 << 20)
         assert chunk, "stream closed"
         buffer += chunk
+    return [json.loads(line[6:]) for line in buffer.decode(errors="replace").splitlines()
+            if line.startswith("data: ")]
+
+
+def check_exact(events: list[dict], last_id: int) -> bool:
+    """Ids increase one by one, and every hole is announced by a gap naming it; True if a gap came."""
+    expected, gapped = 1, False
+    for event in events:
+        if event["type"] == "gap":
+            assert event["data"]["missed_from"] == expected
+            expected, gapped = event["data"]["missed_to"] + 1, True
+        else:
+            assert event["id"] == expected
+            expected += 1
+    assert expected == last_id + 1
+    return gapped
+
+
+def test_stalled_reader_catches_up_from_the_log_and_never_blocks_publishers(tcp_daemon):
+    lazy = stalled_reader(tcp_daemon)
+    publish(tcp_daemon, 3000, pad="x" * 200)  # publishers are not slowed by the stalled reader
+    assert tcp_daemon.rpc("system.ping")["result"] == "pong"
+    assert check_exact(read_until_event(lazy, 2999), 3000) is False  # nothing lost: no gap at all
     lazy.close()
-    seen, expected = [], 1
-    for line in buffer.decode(errors="replace").splitlines():
-        if line.startswith("data: "):
-            event = json.loads(line[6:])
-            if event["type"] == "gap":
-                assert event["data"]["missed_from"] == expected
-                expected = event["data"]["missed_to"] + 1
-            else:
-                assert event["id"] == expected
-                expected += 1
-            seen.append(event)
-    assert expected == 3001
-    assert any(e["type"] == "gap" for e in seen)
+
+
+def test_stalled_reader_behind_retention_gets_an_exact_gap(make_daemon):
+    daemon = make_daemon("tcp", retention_events=64, event_buffer=64)  # nothing older kept anywhere
+    lazy = stalled_reader(daemon)
+    # ~15 MB: more than the kernel's socket buffers can absorb, so the stream really stalls.
+    publish(daemon, 3000, pad="x" * 5000)
+    wait_for(lambda: daemon.daemon.bus.oldest_id() > 2900, message="retention to prune past the reader")
+    assert check_exact(read_until_event(lazy, 2999), 3000) is True
+    lazy.close()
 
 
 def test_heartbeat_comment_when_idle(make_daemon):

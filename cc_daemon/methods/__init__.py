@@ -17,6 +17,7 @@ from ..events import EventBus
 from ..identity import ClientRegistry
 from ..permissions import PermissionStore
 from ..rpc import Registry
+from ..sessions import SessionManager
 
 
 @dataclass
@@ -33,13 +34,16 @@ class MethodContext:
     request_shutdown: Callable[[], None]
     rotate_token: Callable[[], bool]
     uptime_s: Callable[[], float]
+    #: Agent sessions (``session.*``); None in a daemon composed without them.
+    sessions: SessionManager | None = None
 
 
 def build_registry(context: MethodContext) -> Registry:
-    from . import events, permission, system
+    from . import events, permission, session, system
 
     registry = Registry()
     system.register(registry, context)
     permission.register(registry, context)
     events.register(registry, context)
+    session.register(registry, context)
     return registry

@@ -1,0 +1,63 @@
+"""Durable records of services, in the daemon's database next to the event log.
+
+Owns: one small table per component mapping a key to a JSON record (the client registry
+by ``client_key``, pending permission requests by ``request_id``), written in one
+transaction per change set, so a crash leaves every record either old or new.
+
+Must not: interpret the records (each service owns its record format) or sit on a hot
+path: these writes happen when a client is first confirmed or a permission request is
+created or resolved, not per request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from .eventlog import migrate, open_database
+
+TABLE_NAME_RE = re.compile(r"^[a-z_]{1,40}$")
+
+
+class RecordTable:
+    """A durable ``key -> JSON object`` map. Thread-safe."""
+
+    def __init__(self, database: Path, table: str, synchronous: str = "normal"):
+        if not TABLE_NAME_RE.match(table):
+            raise ValueError(f"bad table name {table!r}")
+        self._table = table
+        self._lock = threading.Lock()
+        self._db = open_database(database, synchronous=synchronous)
+        migrate(self._db, table, ((f"CREATE TABLE {table} (key TEXT PRIMARY KEY, record TEXT NOT NULL)",),),
+                database)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT key, record FROM {self._table}").fetchall()
+        return {key: json.loads(record) for key, record in rows}
+
+    def write(self, upserts: dict[str, dict[str, Any]] | None = None, deletes: Iterable[str] = ()) -> None:
+        """Apply a change set atomically."""
+        upserts = upserts or {}
+        deletes = list(deletes)
+        if not upserts and not deletes:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    f"INSERT INTO {self._table} (key, record) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                    [(key, json.dumps(record, separators=(",", ":"))) for key, record in upserts.items()])
+                self._db.executemany(f"DELETE FROM {self._table} WHERE key = ?", [(key,) for key in deletes])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
