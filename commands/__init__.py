@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import daemon_verbs, serve
+from . import daemon_verbs, events_verb, rpc_verb, serve
 
 EXAMPLES = """examples:
   cheetahclaws serve                                   # Unix socket under ~/.cheetahclaws/run
@@ -42,6 +42,8 @@ def build_parser() -> Parser:
     verbs.required = True
     serve.add_parser(verbs)
     daemon_verbs.add_parser(verbs)
+    rpc_verb.add_parser(verbs)
+    events_verb.add_parser(verbs)
     return parser
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
 import sys
+from typing import Any, Callable
 
+#: Exit codes of the client verbs (rpc, events, session): see the package docstring.
+EXIT_REFUSED = 1
+EXIT_NO_DAEMON = 3
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -37,3 +44,38 @@ def connect(args: argparse.Namespace, kind: str = "cli"):
 def fail(message: str, code: int = 1) -> None:
     sys.stderr.write(f"cheetahclaws: {message}\n")
     raise SystemExit(code)
+
+
+def client_verb(run: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a verb that talks to the daemon: a failure becomes a message on stderr and an
+    exit code (3 when no daemon answers, 1 when it refused), never a traceback."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        from cc_daemon.client import DaemonError, NoAnswer, NotRunning, RpcCallError
+
+        try:
+            return int(run(args) or 0)
+        except (NotRunning, NoAnswer) as exc:
+            sys.stderr.write(f"cheetahclaws: {exc}\n")
+            return EXIT_NO_DAEMON
+        except RpcCallError as exc:
+            print_rpc_error(exc.code, exc.message, exc.data)
+            return EXIT_REFUSED
+        except DaemonError as exc:
+            sys.stderr.write(f"cheetahclaws: {exc}\n")
+            return EXIT_REFUSED
+        except BrokenPipeError:
+            # The reader went away (``| head``): stay quiet like any Unix filter, and point
+            # stdout at /dev/null so the interpreter's final flush does not complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+    return wrapper
+
+
+def print_rpc_error(code: Any, message: Any, data: Any = None) -> None:
+    """A JSON-RPC error on stderr: its code and message, then its data as JSON."""
+    sys.stderr.write(f"error {code}: {message}\n")
+    if data is not None:
+        sys.stderr.write(f"data: {json.dumps(data, indent=2, ensure_ascii=False)}\n")
