@@ -50,6 +50,8 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "(not measured in this run)"
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

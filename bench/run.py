@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ class Bench:
     """One run: the plan, the reference (if installable), the records so far."""
 
     def __init__(self, plan: Plan, reference: Path | None, client_procs: int | None, profile_dir: Path | None,
-                 ccd_source: Path = servers.REPO_ROOT):
+                 ccd_source: Path):
         self.plan = plan
         self.reference = reference
         self.ccd_source = ccd_source
@@ -265,11 +266,11 @@ def _is_json(line: str) -> bool:
 
 
 # -- the run --------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
+def machine(revision: str | None) -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "?")
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                            cwd=BENCH_DIR.parent).stdout.strip()
+    describe = ["git", "rev-parse", "--short", revision] if revision else ["git", "describe", "--always", "--dirty"]
+    commit = subprocess.run(describe, capture_output=True, text=True, cwd=BENCH_DIR.parent).stdout.strip()
     return {"bench": "machine", "nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
             "kernel": platform.release(), "commit": commit or "?",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -288,8 +289,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=None, metavar="N",
                         help="load-generator processes (default: one per core, fewer if fewer clients)")
     parser.add_argument("--cc-daemon-src", type=Path, default=servers.REPO_ROOT, metavar="DIR",
-                        help="run cc_daemon from this source tree (another checkout, e.g. before/after a fix); "
-                             "default: this repository")
+                        help="measure the cc_daemon of this checkout (default: this repository's working tree); "
+                             "it is copied at start, so edits during the run change nothing")
+    parser.add_argument("--cc-daemon-rev", default=None, metavar="REV",
+                        help="measure the cc_daemon of this git revision of this repository instead (e.g. HEAD)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record cc_daemon with py-spy during each RPC and fan-out run (collapsed stacks in DIR)")
     parser.add_argument("--results", type=Path, default=None, metavar="FILE",
@@ -312,9 +315,20 @@ def main(argv: list[str] | None = None) -> int:
             reference = ensure_reference(args.cache_dir)
         except ReferenceUnavailable as exc:
             progress(f"reference skipped: {exc}")
-    bench = Bench(plan, reference, args.client_procs, args.profile, args.cc_daemon_src.resolve())
-    info = machine()
-    bench.emit(info)
+    code = servers.snapshot_cc_daemon(args.cc_daemon_rev, args.cc_daemon_src.resolve())
+    try:
+        return run(args, plan, reference, code,
+                   "python -m bench" + (" " + " ".join(sys.argv[1:] if argv is None else argv)).rstrip())
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, plan: Plan, reference: Path | None, code: Path, command: str) -> int:
+    bench = Bench(plan, reference, args.client_procs, args.profile, code)
+    info = machine(args.cc_daemon_rev)
+    measured = (f"revision {args.cc_daemon_rev}" if args.cc_daemon_rev
+                else f"the working tree at {args.cc_daemon_src.resolve()}")
+    bench.emit({**info, "cc_daemon": measured})
     if reference is None:
         bench.emit({"bench": "reference_skipped", "reason": "--no-reference" if args.no_reference else "not installable"})
     started = time.monotonic()
@@ -325,12 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in SCENARIOS:
         if name in chosen:
             scenarios[name]()
-    command = "python -m bench" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     header = (f"# cc_daemon benchmark results\n\n"
               f"- date: {info['date']}, commit {info['commit']}, run time {time.monotonic() - started:.0f} s\n"
               f"- machine: {info['nproc']} cores, {info['cpu']}, Linux {info['kernel']}, Python {info['python']}\n"
               f"- command: `{command}` (from the repository root)\n"
-              f"- cc_daemon from {args.cc_daemon_src.resolve()}; reference: "
+              f"- cc_daemon: {measured} (copied at start); reference: "
               f"{'cheetahclaws 3.5.89' if reference else 'not run'}; ceiling: bench/ceiling.py")
     text = report.markdown(bench.records, header)
     print("\n" + text)

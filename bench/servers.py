@@ -119,6 +119,31 @@ def stdout_line(workdir: Path, prefix: str) -> str | None:
 
 
 # -- cc_daemon ----------------------------------------------------------------------------
+def snapshot_cc_daemon(revision: str | None = None, source: Path = REPO_ROOT) -> Path:
+    """A private, byte-compiled copy of cc_daemon's code to run every cc_daemon from.
+
+    The working tree at ``source`` (default) or the git ``revision`` of this repository. Other
+    people edit the tree while a run takes minutes; a copy keeps every server in one run on
+    the same code. The copy's ``cc_daemon/commands`` links to its ``commands/`` (the editable
+    install maps that package there), so the copy is importable with ``python -m cc_daemon``
+    from its root. The caller removes it.
+    """
+    copy = Path(tempfile.mkdtemp(prefix="ccb-src-", dir="/tmp"))
+    if revision:
+        archive = subprocess.run(["git", "archive", "--format=tar", revision, "cc_daemon", "commands"],
+                                 cwd=REPO_ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(copy)], input=archive.stdout, check=True)
+    else:
+        for package in ("cc_daemon", "commands"):
+            shutil.copytree(source / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    link = copy / "cc_daemon" / "commands"
+    if not link.exists():
+        link.symlink_to(Path("..") / "commands", target_is_directory=True)
+    # Compiled now, so that the first cold start does not pay for writing .pyc files.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(copy)], check=True, capture_output=True)
+    return copy
+
+
 def cc_daemon_command(workdir: Path, listen: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(workdir / "data"),
             "--listen", listen, *extra]
@@ -127,8 +152,8 @@ def cc_daemon_command(workdir: Path, listen: str, *extra: str) -> list[str]:
 def start_cc_daemon(transport: str, *extra: str, source: Path = REPO_ROOT) -> Server:
     """``cc_daemon serve`` on a free TCP port or a Unix socket; address and token from the discovery file.
 
-    ``python -m cc_daemon`` runs in ``source``, so that tree's ``cc_daemon`` package is the one
-    imported (``--cc-daemon-src``: compare another checkout, e.g. before and after a fix).
+    ``python -m cc_daemon`` runs in ``source`` (a ``snapshot_cc_daemon`` copy), so that tree's
+    ``cc_daemon`` package is the one imported.
     """
     workdir = short_workdir("ccb-")
     listen = f"unix://{workdir}/d.sock" if transport == "unix" else "tcp://127.0.0.1:0"
