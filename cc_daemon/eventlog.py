@@ -339,7 +339,9 @@ class SqliteEventStore:
             with self._lock:
                 while event_id > self._visible:
                     # A failing log answers at once: the publisher's HTTP thread is not held hostage.
-                    if self._failure is not None or self._closed or event_id > self._assigned:
+                    if self._failure is not None:
+                        raise EventNotDurable(f"event {event_id} could not be stored: {self._failure}")
+                    if self._closed or event_id > self._assigned:
                         return False
                     if not self._writing:
                         made_visible = self._write_pending() or made_visible

@@ -136,7 +136,8 @@ class EventStore(Protocol):
         ...
 
     def wait_visible(self, event_id: int, timeout: float | None = None) -> bool:
-        """Block until ``event_id`` is visible (durable); False on timeout or failure."""
+        """Block until ``event_id`` is visible (durable); False on timeout or when closed.
+        A store that knows why it failed raises ``EventNotDurable`` saying so."""
         ...
 
     def attach(self, on_visible: Callable[[], None]) -> None:

@@ -32,6 +32,8 @@ INTERNAL_ERROR = -32603
 #: Domain errors of RFC 0001 (ours continue downwards from -32003; see docs/RFC).
 NOT_ORIGINATOR = -32001
 UNKNOWN_REQUEST = -32002
+#: The durable store refused a write (disk full, corruption): nothing was acknowledged.
+STORAGE_UNAVAILABLE = -32003
 
 STANDARD_MESSAGES = {
     PARSE_ERROR: "Parse error",
@@ -144,6 +146,8 @@ class Registry:
     """The methods a daemon serves, by name."""
 
     def __init__(self) -> None:
+        #: Service exceptions that mean something to a client, and the error each becomes.
+        self._translations: dict[type[Exception], Callable[[Exception], RpcError]] = {}
         self._methods: dict[str, Method] = {}
 
     def add(self, method: Method) -> None:
@@ -167,6 +171,17 @@ class Registry:
             return handler
 
         return register
+
+    def translate(self, exception: type[Exception], to_error: Callable[[Exception], RpcError]) -> None:
+        """Answer ``exception`` (and its subclasses) escaping any handler with ``to_error(exc)``
+        instead of an anonymous internal error."""
+        self._translations[exception] = to_error
+
+    def translated(self, exc: Exception) -> RpcError | None:
+        for kind in type(exc).__mro__:
+            if kind in self._translations:
+                return self._translations[kind](exc)
+        return None
 
     def get(self, name: str) -> Method | None:
         return self._methods.get(name)
@@ -273,7 +288,11 @@ class Dispatcher:
             return result
         except RpcError:
             raise
-        except Exception:
+        except Exception as exc:
+            translated = self.registry.translated(exc)
+            if translated is not None:
+                log.warning("%s failed: %s", method_name, translated.message)
+                raise translated from None
             error_id = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (error_id=%s)", method_name, error_id)
             raise RpcError(INTERNAL_ERROR, "Internal error", {"error_id": error_id}) from None

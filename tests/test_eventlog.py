@@ -474,7 +474,11 @@ def test_storage_failure_is_an_rpc_error_a_log_line_and_readyz_503(make_daemon):
     assert running.get("/readyz").status_code == 200
     fill_the_disk(running.daemon.event_log)
     reply = running.rpc("echo.ping", {"pad": "x" * 50000})
-    assert "error" in reply and "result" not in reply
+    assert "result" not in reply
+    assert reply["error"]["code"] == -32003 and reply["error"]["message"] == "Storage unavailable"
+    assert "database or disk is full" in reply["error"]["data"]["reason"]
+    refused = running.rpc("echo.ping", {})["error"]  # refused at once while the store is failed
+    assert refused["code"] == -32003 and "cannot store events" in refused["data"]["reason"]
     ready = running.get("/readyz")
     assert ready.status_code == 503
     assert not ready.json()["event_log"]["ok"] and "full" in ready.json()["event_log"]["failure"]

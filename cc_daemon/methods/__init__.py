@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..eventlog import SqliteEventStore
-from ..events import EventBus
+from ..events import EventBus, EventNotDurable
 from ..identity import ClientRegistry
 from ..permissions import PermissionStore
-from ..rpc import Registry
+from ..rpc import STORAGE_UNAVAILABLE, Registry, RpcError
 from ..sessions import SessionManager
 
 
@@ -46,4 +46,12 @@ def build_registry(context: MethodContext) -> Registry:
     permission.register(registry, context)
     events.register(registry, context)
     session.register(registry, context)
+    registry.translate(EventNotDurable, storage_unavailable)
     return registry
+
+
+def storage_unavailable(exc: Exception) -> RpcError:
+    # Whatever the method did, its event is not durable, so the call is not acknowledged:
+    # the client must know to retry once the operator has fixed the store (/readyz says when).
+    return RpcError(STORAGE_UNAVAILABLE, "Storage unavailable",
+                    {"reason": str(exc), "retry": "when /readyz answers 200"})
