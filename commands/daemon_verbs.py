@@ -100,8 +100,21 @@ def run_status(args: argparse.Namespace) -> int:
              f"uptime:  {format_duration(status['uptime_s'])}",
              f"ping:    {pong} in {ping_ms:.1f} ms",
              f"events:  last id {status['last_event_id']}, {status['subscribers']} subscribers",
-             f"pending permission requests: {status['pending_permissions']}"]
+             f"pending permission requests: {status['pending_permissions']}",
+             f"sessions: {format_counts(status.get('sessions') or {})}",
+             "runtimes:", *(f"  {describe_runtime(runtime)}" for runtime in status.get("runtimes", ()))]
     return report(args, RUNNING, status, "\n".join(lines))
+
+
+def format_counts(per_state: dict[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in per_state.items()) or "none"
+
+
+def describe_runtime(runtime: dict) -> str:
+    if not runtime.get("available"):
+        return f"{runtime['name']}: unavailable ({runtime.get('problem')})"
+    found = " ".join(part for part in (runtime.get("version"), runtime.get("path")) if part)
+    return f"{runtime['name']}: {found or 'available'}"
 
 
 def report(args: argparse.Namespace, code: int, payload: dict, text: str) -> int:

@@ -326,5 +326,8 @@ def test_status_and_startup_log_list_runtimes_and_sessions(subprocess_daemon, tm
     runtimes = {runtime["name"]: runtime for runtime in status["runtimes"]}
     assert runtimes["demo"]["available"] and runtimes["demo"]["version"] == __version__
     assert runtimes["command"]["available"] and "claude" in runtimes
+    text = cli("daemon", "status", "--data-dir", str(running.data_dir)).stdout
+    assert "sessions: 1 idle" in text and f"  demo: {__version__} " in text
+    assert "  claude: " in text  # available or not, with the reason
     log = (running.data_dir / "logs" / "daemon.log").read_text()
     assert "runtime demo: " in log and "runtime command: " in log and "runtime claude: " in log
