@@ -1,7 +1,8 @@
 """Which runtimes this daemon can run, and how to launch each (daemon side).
 
-Owns: the built-in runtimes (``demo``, ``command``, ``claude``), third-party runtimes found
-through the ``cc_daemon.runtimes`` entry-point group, what each reports about itself
+Owns: the built-in runtimes (``demo``, ``command``, ``claude``, and ``custom``: a program of
+the user's, given in the session's args, that speaks the runtime protocol itself), third-party
+runtimes found through the ``cc_daemon.runtimes`` entry-point group, what each reports about itself
 (available or not, version, path) and the command line of a session's runtime process.
 A runtime that cannot run says why in words a user can act on (``RuntimeUnavailable``).
 
@@ -70,7 +71,8 @@ class Runtime(ABC):
     @abstractmethod
     def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
         """The argv of the runtime process for a session, or ``RuntimeUnavailable``.
-        ``args`` reach the process in its ``init`` message, not on this command line."""
+        ``args`` reach the process in its ``init`` message; only ``custom`` also takes its
+        command line from them."""
 
 
 def python_module(module: str, *extra: str) -> list[str]:
@@ -88,22 +90,40 @@ class DemoRuntime(Runtime):
         return python_module("cc_daemon.runtimes.demo")
 
 
+def require_program(runtime: str, args: list[str], cwd: Path, env: dict[str, str], example: str) -> None:
+    """Check that ``args[0]`` names a program the session could start (relative paths are
+    taken from the session's ``cwd``, bare names from its ``PATH``), or say why not."""
+    if not args:
+        raise RuntimeUnavailable(f"the {runtime} runtime needs the program to run in args, e.g. {example}")
+    program = args[0]
+    if "/" in program:
+        candidate = (cwd / program) if not os.path.isabs(program) else Path(program)
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            raise RuntimeUnavailable(f"the {runtime} runtime cannot run {program}: "
+                                     f"{candidate} is not an executable file")
+    elif shutil.which(program, path=env.get("PATH")) is None:
+        raise RuntimeUnavailable(f"the {runtime} runtime cannot run {program}: not found on PATH")
+
+
 class CommandRuntime(Runtime):
     summary = "runs the program given in args once per turn; text on stdin or as {text}; stdout streams"
 
     def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
-        if not args:
-            raise RuntimeUnavailable("the command runtime needs the program to run in args, "
-                                     'e.g. "args": ["cat"] or ["python3", "-c", "...", "{text}"]')
-        program = args[0]
-        if "/" in program:
-            candidate = (cwd / program) if not os.path.isabs(program) else Path(program)
-            if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-                raise RuntimeUnavailable(f"the command runtime cannot run {program}: "
-                                         f"{candidate} is not an executable file")
-        elif shutil.which(program, path=env.get("PATH")) is None:
-            raise RuntimeUnavailable(f"the command runtime cannot run {program}: not found on PATH")
+        require_program("command", args, cwd, env, '"args": ["cat"] or ["python3", "-c", "...", "{text}"]')
         return python_module("cc_daemon.runtimes.command")
+
+
+class CustomRuntime(Runtime):
+    """Your own runtime without packaging it: the session's args are the command line of a
+    program that speaks the runtime protocol (RFC 0004) on its stdin and stdout. It gives a
+    client no power the ``command`` runtime does not already give (running a program as the
+    daemon's user), so it needs no extra permission."""
+
+    summary = "runs the program given in args as the runtime process; it speaks the runtime protocol itself"
+
+    def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        require_program("custom", args, cwd, env, '"args": ["python3", "/abs/path/my_runtime.py"]')
+        return list(args)
 
 
 class ClaudeRuntime(Runtime):
@@ -141,7 +161,8 @@ def executable_version(path: str, mtime_ns: int) -> tuple[str | None, str | None
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None, None
 
 
-BUILTINS: dict[str, Runtime] = {"demo": DemoRuntime(), "command": CommandRuntime(), "claude": ClaudeRuntime()}
+BUILTINS: dict[str, Runtime] = {"demo": DemoRuntime(), "command": CommandRuntime(), "claude": ClaudeRuntime(),
+                                "custom": CustomRuntime()}
 
 
 class RuntimeRegistry:
