@@ -38,7 +38,7 @@ def register(registry: Registry, context: MethodContext) -> None:
         summary="Start a session: a supervised runtime process in cwd. Returns at once, in state starting.",
         params=object_schema({
             "runtime": {"type": "string", "minLength": 1, "maxLength": 64,
-                        "description": "demo, command, claude, or a runtime from an entry point"},
+                        "description": "demo, command, claude, custom (args: a program speaking RFC 0004), or a runtime from an entry point"},
             "cwd": {"type": "string", "minLength": 1, "maxLength": 4096, "description": "absolute directory"},
             "name": {"type": "string", "maxLength": 200},
             "mode": {"enum": [INTERACTIVE, UNATTENDED], "default": INTERACTIVE},
