@@ -277,6 +277,14 @@ class Client:
         return cls(endpoint, kind=kind, id_dir=layout.clients_dir if persist_id else None, timeout=timeout,
                    rediscover=rediscover)
 
+    def clone(self) -> Client:
+        """Another Client on the same daemon with the same kind and client id, for another
+        thread (say an event stream beside the calls). Clone after the first call, once the
+        daemon has minted the id, or the two may be given different ids."""
+        return Client(self.endpoint, kind=self.kind, client_id=self.client_id,
+                      id_dir=self._id_file.parent if self._id_file is not None else None,
+                      timeout=self.timeout, rediscover=self._rediscover)
+
     # -- client id --------------------------------------------------------------------------
     def _load_client_id(self) -> str | None:
         if self._id_file is None:
@@ -659,9 +667,10 @@ class Sessions:
                 if event["type"] == "turn_done" and event_turn_id(event) == turn_id:
                     return
 
-    def cancel(self, session_id: str) -> Any:
-        """Cancel the session's current turn (the session stays)."""
-        return self._client.call("session.cancel", session_id=session_id)
+    def cancel(self, session_id: str, turn_id: str | None = None) -> dict[str, Any]:
+        """Cancel the session's running turn, or its queued turn ``turn_id`` (the session
+        stays); returns ``{session_id, cancelled, turn_id}``."""
+        return self._client.call("session.cancel", **_params(session_id=session_id, turn_id=turn_id))
 
     def close(self, session_id: str) -> Any:
         """Stop the session's runtime process; the session's history stays readable."""
@@ -679,6 +688,15 @@ class Sessions:
     def history(self, session_id: str, **filters: Any) -> dict[str, Any]:
         """The session's events from the durable log (``filters``: as ``session.history`` takes)."""
         return self._client.call("session.history", session_id=session_id, **filters)
+
+    def iter_history(self, session_id: str, since: int = 0) -> Iterator[dict[str, Any]]:
+        """Every stored event of the session after id ``since``, oldest first, paging
+        through ``session.history`` until the log has no more."""
+        cursor: int | None = since
+        while cursor is not None:
+            page = self.history(session_id, since=cursor, limit=1000)
+            yield from page["events"]
+            cursor = page["next_since"]
 
     def runtimes(self) -> Any:
         """The runtimes this daemon can start, with version and path where known."""

@@ -17,13 +17,18 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import daemon_verbs, events_verb, rpc_verb, serve
+from . import daemon_verbs, events_verb, rpc_verb, serve, session_verb
 
 EXAMPLES = """examples:
   cheetahclaws serve                                   # Unix socket under ~/.cheetahclaws/run
   cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token
   cheetahclaws daemon status
   cheetahclaws daemon stop
+  cheetahclaws rpc system.status                       # call any method (rpc.discover lists them)
+  cheetahclaws events --since 0 --type session_state   # follow the event stream
+  S=$(cheetahclaws session new demo)                   # a scripted demo agent in the current dir
+  cheetahclaws session attach $S                       # type `write hello.txt hi`, answer y; Ctrl-C detaches
+  cheetahclaws session ls
 """
 
 
@@ -44,6 +49,7 @@ def build_parser() -> Parser:
     daemon_verbs.add_parser(verbs)
     rpc_verb.add_parser(verbs)
     events_verb.add_parser(verbs)
+    session_verb.add_parser(verbs)
     return parser
 
 

@@ -27,9 +27,21 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-path", metavar="PATH", help="bearer token file for a TCP daemon")
 
 
-def connect(args: argparse.Namespace, kind: str = "cli"):
+def add_client(parser: argparse.ArgumentParser) -> None:
+    """Flags of the client verbs (rpc, events, session): the connection, and who we are."""
+    add_connection(parser)
+    parser.add_argument("--client-kind", metavar="KIND", default="cli",
+                        help="the client kind to present (default cli); each kind keeps its own client id, "
+                             "so a permission request raised as one kind cannot be answered as another")
+
+
+def connect(args: argparse.Namespace):
+    """A client for the daemon the connection flags name, as ``--client-kind``."""
     # Imported here: requests costs ~100 ms, which `serve` and `--help` should not pay.
-    from cc_daemon.client import Client
+    from cc_daemon.client import KIND_RE, Client
+
+    if not KIND_RE.match(args.client_kind):
+        fail(f"--client-kind must be 1-32 letters, digits, '_', '-' or '.': {args.client_kind!r}", 2)
 
     token = None
     if getattr(args, "token_path", None):
@@ -38,7 +50,7 @@ def connect(args: argparse.Namespace, kind: str = "cli"):
                 token = handle.read().strip()
         except OSError as exc:
             fail(f"cannot read token file {args.token_path}: {exc.strerror}", 2)
-    return Client.connect(getattr(args, "address", None), token=token, data_dir=args.data_dir, kind=kind)
+    return Client.connect(args.address, token=token, data_dir=args.data_dir, kind=args.client_kind)
 
 
 def fail(message: str, code: int = 1) -> None:

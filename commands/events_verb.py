@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .common import add_connection, client_verb, fail
+from .common import add_client, client_verb, fail
 
 EXAMPLES = """examples:
   cheetahclaws events                          # from now on, until Ctrl-C
@@ -120,7 +120,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--session", metavar="S", help="only the events of session S")
     parser.add_argument("--json", action="store_true", help="print each event as one line of JSON")
     parser.add_argument("--limit", type=non_negative_int, metavar="N", help="exit after N events")
-    add_connection(parser)
+    add_client(parser)
     parser.set_defaults(run=run)
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from .common import EXIT_REFUSED, add_connection, client_verb, print_rpc_error
+from .common import EXIT_REFUSED, add_client, client_verb, print_rpc_error
 
 EXAMPLES = """examples:
   cheetahclaws rpc system.ping
@@ -75,7 +75,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw", action="store_true", help="print the exact JSON-RPC response envelope")
     parser.add_argument("--notify", action="store_true",
                         help="send a notification: the daemon answers nothing, not even errors")
-    add_connection(parser)
+    add_client(parser)
     parser.set_defaults(run=run)
 
 
