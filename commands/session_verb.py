@@ -39,7 +39,9 @@ EXAMPLES = """examples:
 
 runtimes: demo (a scripted agent: `run <cmd>` and `write <file> <text>` ask permission),
 command (runs the program given with --arg once per turn), claude (Claude Code CLI);
-`cheetahclaws rpc session.runtimes` says which are available."""
+`cheetahclaws rpc session.runtimes` says which are available.
+exit codes (each action's --help says more): 0 done; 1 the daemon refused; 2 bad usage;
+3 no daemon answers."""
 
 REFUSED = "the daemon refused (error code, message and data on stderr)"
 EXIT_CODES = """exit codes: 0 {ok}; 1 {failed};

@@ -288,3 +288,27 @@ def test_attach_answers_its_prompt_shows_others_read_only_and_resumes(unix_daemo
         detach(child)
     finally:
         child.close(force=True)
+
+
+def test_send_wait_leaves_its_prompt_to_attach_which_answers_it(unix_daemon, tmp_path):
+    session = new_session(unix_daemon, tmp_path)
+    sender = subprocess.Popen([sys.executable, "-m", "cc_daemon", "session", "send", session, "write", "late.txt",
+                               "ok", "--wait", *at(unix_daemon)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        with unix_daemon.client() as client:
+            wait_for(lambda: client.sessions.get(session)["pending_permissions"], message="the write request")
+        child = attach(unix_daemon, session)  # the same client kind: the request is ours to answer
+        try:
+            child.expect_exact("allow? [y/n]")
+            child.sendline("y")
+            child.expect_exact("Wrote late.txt.")
+            detach(child)
+        finally:
+            child.close(force=True)
+        out, err = sender.communicate(timeout=15)
+    finally:
+        sender.kill()
+    assert sender.returncode == 0 and "Wrote late.txt." in out and "completed" in out
+    assert f"answer it with: cheetahclaws session attach {session}" in err
+    assert (tmp_path / "late.txt").read_text() == "ok\n"
