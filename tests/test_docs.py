@@ -162,6 +162,16 @@ def test_every_json_rpc_error_code_is_documented():
     assert not undocumented, f"error codes without a row in a docs/RFC table: {undocumented}"
 
 
+@pytest.mark.parametrize("document", RFCS, ids=lambda path: path.name)
+def test_every_json_example_in_the_rfcs_is_json(document):
+    blocks = re.findall(r"^```json\n(.*?)^```", document.read_text(), re.S | re.M)
+    for block in blocks:
+        try:
+            json.loads(block)
+        except ValueError as exc:
+            pytest.fail(f"{document.name}: a ```json block is not JSON ({exc}):\n{block[:200]}")
+
+
 # -- links -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("document", [ROOT / "README.md", *RFCS], ids=lambda path: path.name)
 def test_relative_links_lead_to_existing_files(document):
