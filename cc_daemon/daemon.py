@@ -127,8 +127,8 @@ class Daemon:
             self.tokens.on_change = self._end_streams_of_old_tokens
         self.audit = AuditLog(self.data_dir.audit_log if options.audit else None)
         # Clients and pending permission requests live in the same database as the events.
-        self.client_table = RecordTable(self.data_dir.database, "clients", options.event_log_sync)
-        self.permission_table = RecordTable(self.data_dir.database, "permission_requests", options.event_log_sync)
+        self.client_table = self._open_record_table("clients")
+        self.permission_table = self._open_record_table("permission_requests")
         self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.root / "identity_key"))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
         self.runtimes = RuntimeRegistry.discover()
@@ -178,6 +178,13 @@ class Daemon:
                                     retention_age_s=options.retention_days * 86400.0,
                                     cache_events=options.event_buffer, synchronous=options.event_log_sync)
         except EventLogError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _open_record_table(self, table: str) -> RecordTable:
+        try:
+            return RecordTable(self.data_dir.database, table, self.options.event_log_sync)
+        except EventLogError as exc:
+            self.event_log.close()
             raise StartupError(str(exc)) from None
 
     def _allowed_hosts(self) -> frozenset[str]:

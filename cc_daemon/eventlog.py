@@ -154,10 +154,11 @@ def migrate(db: sqlite3.Connection, component: str, migrations: Sequence[Sequenc
     return known
 
 
-def check_database(path: Path) -> list[str]:
+def check_database(path: Path, schema_versions: dict[str, int] | None = None) -> list[str]:
     """Problems in the database at ``path`` (SQLite's integrity check, known schema); [] if healthy.
 
-    Opens the file read-only, so it is safe while a daemon is using it.
+    ``schema_versions``: the newest version of each component this code knows (default:
+    the event log's alone). Opens the file read-only, so it is safe while a daemon uses it.
     """
     path = Path(path)
     if not path.exists():
@@ -167,7 +168,7 @@ def check_database(path: Path) -> list[str]:
     except EventLogError as exc:
         return [str(exc)]
     try:
-        return integrity_problems(db) + schema_problems(db, path)
+        return integrity_problems(db) + schema_problems(db, path, schema_versions or {COMPONENT: len(MIGRATIONS)})
     except sqlite3.Error as exc:
         return [f"cannot check {path}: {exc}"]
     finally:
@@ -179,12 +180,10 @@ def integrity_problems(db: sqlite3.Connection) -> list[str]:
     return [] if messages == ["ok"] else messages
 
 
-def schema_problems(db: sqlite3.Connection, path: Path) -> list[str]:
-    version = schema_version(db, COMPONENT)
-    if version > len(MIGRATIONS):
-        return [f"{path}: {COMPONENT} schema version {version} is newer than this cc_daemon knows "
-                f"({len(MIGRATIONS)})"]
-    return []
+def schema_problems(db: sqlite3.Connection, path: Path, schema_versions: dict[str, int]) -> list[str]:
+    return [f"{path}: {component} schema version {version} is newer than this cc_daemon knows ({known})"
+            for component, known in schema_versions.items()
+            if (version := schema_version(db, component)) > known]
 
 
 # -- rows -----------------------------------------------------------------------------------

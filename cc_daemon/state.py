@@ -12,27 +12,39 @@ created or resolved, not per request.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from pathlib import Path
 from typing import Any, Iterable
 
 from .eventlog import migrate, open_database
 
-TABLE_NAME_RE = re.compile(r"^[a-z_]{1,40}$")
+#: The record tables a daemon keeps.
+TABLES = ("clients", "permission_requests")
+
+
+def migrations(table: str) -> tuple[tuple[str, ...], ...]:
+    """The schema steps of a record table (one so far)."""
+    return ((f"CREATE TABLE {table} (key TEXT PRIMARY KEY, record TEXT NOT NULL)",),)
+
+
+#: The newest schema version of each record table, for ``daemon doctor``.
+SCHEMA_VERSIONS = {table: len(migrations(table)) for table in TABLES}
 
 
 class RecordTable:
     """A durable ``key -> JSON object`` map. Thread-safe."""
 
     def __init__(self, database: Path, table: str, synchronous: str = "normal"):
-        if not TABLE_NAME_RE.match(table):
-            raise ValueError(f"bad table name {table!r}")
+        if table not in TABLES:
+            raise ValueError(f"unknown record table {table!r}")
         self._table = table
         self._lock = threading.Lock()
         self._db = open_database(database, synchronous=synchronous)
-        migrate(self._db, table, ((f"CREATE TABLE {table} (key TEXT PRIMARY KEY, record TEXT NOT NULL)",),),
-                database)
+        try:
+            migrate(self._db, table, migrations(table), database)
+        except BaseException:
+            self._db.close()
+            raise
 
     def load(self) -> dict[str, dict[str, Any]]:
         with self._lock:

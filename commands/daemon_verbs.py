@@ -254,10 +254,10 @@ def run_rotate(args: argparse.Namespace) -> int:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from cc_daemon.eventlog import check_database
+    from cc_daemon import eventlog, state
 
     path = DataDir.resolve(args.data_dir).database
-    problems = check_database(path)
+    problems = eventlog.check_database(path, {eventlog.COMPONENT: len(eventlog.MIGRATIONS), **state.SCHEMA_VERSIONS})
     if not problems:
         print(f"ok: {path} passed SQLite's integrity check")
         return 0

@@ -511,6 +511,21 @@ def test_doctor_reports_a_sound_database_a_damaged_one_and_a_missing_one(tmp_pat
     assert damaged.returncode == 1 and "problems in" in damaged.stdout, damaged.stdout
 
 
+@pytest.mark.parametrize("component", ["clients", "permission_requests", COMPONENT])
+def test_a_newer_schema_of_any_table_stops_serve_cleanly_and_doctor_names_it(subprocess_daemon, component):
+    running = subprocess_daemon()
+    assert cli("daemon", "stop", "--data-dir", str(running.data_dir)).returncode == 0
+    db = sqlite3.connect(running.data_dir / "daemon.db")
+    db.execute("UPDATE schema_version SET version = 42 WHERE component = ?", (component,))
+    db.commit()
+    db.close()
+    result = cli("serve", "--data-dir", str(running.data_dir), "--listen", "tcp://127.0.0.1:0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{component} schema version 42" in result.stderr and "upgrade cc_daemon" in result.stderr
+    doctor = cli("daemon", "doctor", "--data-dir", str(running.data_dir))
+    assert doctor.returncode == 1 and f"{component} schema version 42 is newer" in doctor.stdout
+
+
 def damage_a_table_page(path: Path) -> None:
     """Scribble over the middle of the file, where the events table's pages are."""
     data = bytearray(path.read_bytes())
