@@ -1,0 +1,443 @@
+"""Fault injection and abuse against real daemons over the wire: property-based fuzzing of raw
+HTTP and JSON-RPC, slowloris, a thousand connections, 100 MB bodies, a runtime flooding its
+stdout, a full disk and a read-only data dir (real, mounted filesystems).
+
+What other files already cover is not repeated here: kill -9 during a publishing storm
+(test_eventlog_crash), a runtime killed mid-turn or ignoring SIGTERM (test_supervisor), invalid
+protocol lines (test_runtimes), a half-sent request cut at its deadline, the connection cap's
+503, garbage bytes and a declared-only huge body (test_http), a subscriber that never reads
+(test_sse), a simulated full disk (test_eventlog).
+
+Numbers measured under abuse (latency of a well-behaved client, RSS, threads, fds) are
+printed (``pytest -s``) and repeated in assertion messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import Running, cli, short_tmpdir, spawn_daemon, wait_for
+from fakes.frontend import FAKES, Watcher, client_of, wait_state
+
+MB = 1 << 20
+PING = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+
+
+# -- a daemon seen from outside -------------------------------------------------------------
+@dataclass(frozen=True)
+class Usage:
+    rss_kb: int
+    threads: int
+    fds: int
+
+    def __str__(self) -> str:
+        return f"RSS {self.rss_kb / 1024:.1f} MB, {self.threads} threads, {self.fds} fds"
+
+
+def usage(pid: int) -> Usage:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    return Usage(rss_kb, len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def drain_stderr(running: Running) -> None:
+    """Read the daemon's stderr as it comes: a full pipe would block its logging, and so the daemon."""
+    lines: list[str] = []
+    running.stderr_lines = lines
+    threading.Thread(target=lambda: lines.extend(running.process.stderr), daemon=True).start()
+
+
+def start_tcp(subprocess_daemon, *extra: str, data_dir: Path | None = None) -> Running:
+    running = subprocess_daemon("--listen", "tcp://127.0.0.1:0", *extra, data_dir=data_dir)
+    drain_stderr(running)
+    return running
+
+
+def host_port(running: Running) -> tuple[str, int]:
+    host, port = running.address[len("tcp://"):].rsplit(":", 1)
+    return host, int(port)
+
+
+def auth_lines(running: Running) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in running.headers().items() if name != "Content-Type")
+
+
+def settled(running: Running) -> Usage:
+    """The daemon's usage once idle: a ping on a connection that is closed again before measuring."""
+    with requests.Session() as session:
+        session.post(running.base_url + "/rpc", data=PING, headers=running.headers(), timeout=10)
+    pid = running.process.pid
+    previous = [None]
+
+    def stable():
+        now = usage(pid)
+        same = (now.threads, now.fds) == previous[0]
+        previous[0] = (now.threads, now.fds)
+        return same and now
+
+    return wait_for(stable, 10, interval=0.1, message="the daemon to settle")
+
+
+def back_to(running: Running, baseline: Usage, timeout: float = 15) -> Usage:
+    """Wait until threads and fds are back to ``baseline``; fail saying where they are stuck."""
+    pid = running.process.pid
+    try:
+        return wait_for(lambda: (now := usage(pid)).threads <= baseline.threads and now.fds <= baseline.fds
+                        and now, timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"not back to the baseline ({baseline}) after {timeout} s: {usage(pid)}") from None
+
+
+class Probe:
+    """A well-behaved client pinging in the background during abuse, recording every latency.
+
+    ``fresh``: a new connection per ping (what a CLI does), else one keep-alive connection.
+    """
+
+    def __init__(self, running: Running, fresh: bool, interval_s: float = 0.02):
+        self.running = running
+        self.fresh = fresh
+        self.interval_s = interval_s
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        keep_alive = requests.Session()
+        while not self._stop.is_set():
+            session = requests.Session() if self.fresh else keep_alive
+            started = time.perf_counter()
+            try:
+                reply = session.post(self.running.base_url + "/rpc", data=PING, headers=self.running.headers(),
+                                     timeout=10)
+                if reply.status_code != 200 or reply.json().get("result") != "pong":
+                    self.failures.append(f"{reply.status_code} {reply.text[:80]}")
+                else:
+                    self.latencies.append(time.perf_counter() - started)
+            except (requests.RequestException, ValueError) as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                if self.fresh:
+                    session.close()
+            self._stop.wait(self.interval_s)
+        keep_alive.close()
+
+    def report(self, label: str) -> str:
+        kind = "fresh connection" if self.fresh else "keep-alive"
+        if not self.latencies:
+            return f"{label} ({kind}): no successful ping, failures: {self.failures[:3]}"
+        return (f"{label} ({kind}): {len(self.latencies)} pings, p50 {statistics.median(self.latencies) * 1000:.1f} ms,"
+                f" max {max(self.latencies) * 1000:.1f} ms, {len(self.failures)} failures {self.failures[:2]}")
+
+    def check(self, label: str, max_s: float = 2.0, min_pings: int = 10) -> str:
+        report = self.report(label)
+        print("\n" + report)
+        assert not self.failures and len(self.latencies) >= min_pings and max(self.latencies) < max_s, report
+        return report
+
+
+# -- raw HTTP -------------------------------------------------------------------------------
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_response(data: bytes) -> tuple[Response | None, bytes]:
+    """The first complete response at the start of ``data`` and what follows it."""
+    head, separator, rest = data.partition(b"\r\n\r\n")
+    if not separator:
+        return None, data
+    lines = head.decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: .*)?", lines[0])
+    assert match, f"not a status line: {lines[0]!r}"
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    status = int(match.group(1))
+    if status < 200 or headers.get("content-type", "").startswith("text/event-stream"):
+        return Response(status, headers, b""), rest
+    length = int(headers.get("content-length", "0"))
+    if len(rest) < length:
+        return None, data
+    return Response(status, headers, rest[:length]), rest[length:]
+
+
+def exchange(address: tuple[str, int], raw: bytes, source_ip: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
+    """Send ``raw``, half-close, and read until the daemon closes (or an event stream starts)."""
+    with socket.socket() as sock:
+        sock.bind((source_ip, 0))
+        sock.settimeout(timeout)
+        sock.connect(address)
+        try:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the daemon may answer and close before reading everything we send
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\nContent-Type: text/event-stream" in data:  # a stream (maybe after a 100 Continue)
+                break
+        else:
+            raise AssertionError(f"no end of the answer within {timeout} s; got {data[:200]!r}")
+        return data
+
+
+def ping_ok(session: requests.Session, running: Running) -> bool:
+    reply = session.post(running.base_url + "/rpc", data=PING, headers=running.headers(), timeout=5)
+    return reply.status_code == 200 and reply.json()["result"] == "pong"
+
+
+# -- fuzzing one live daemon ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def target():
+    """One daemon for every fuzz test of the module (started once: the point is that it survives)."""
+    root = short_tmpdir()
+    process, info = spawn_daemon(root, "--listen", "tcp://127.0.0.1:0")
+    running = Running(root, info["address"], Path(info["token_path"]).read_text().strip(), process=process)
+    drain_stderr(running)
+    running.keep_alive = requests.Session()
+    yield running
+    running.keep_alive.close()
+    process.send_signal(signal.SIGTERM)
+    process.wait(10)
+    process.stdout.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_alive_and_clean(running: Running) -> None:
+    """The daemon runs, answers, and logged no traceback or internal error (each one is a bug)."""
+    assert running.process.poll() is None, f"the daemon died: {''.join(running.stderr_lines)[-2000:]}"
+    assert ping_ok(running.keep_alive, running)
+    log_text = (running.data_dir / "logs" / "daemon.log").read_text()
+    for marker in ("Traceback", "internal error", "unhandled error"):
+        assert marker not in log_text, log_text[log_text.index(marker) - 500:][:3000]
+
+
+#: Protocol-mandated 5xx the stdlib parser sends for what is not HTTP/1.x (RFC 9110 15.6.2 and
+#: 15.6.6): not a failure of the daemon. Anything else 5xx but the capacity 503 is a bug.
+UNSUPPORTED_METHOD, UNSUPPORTED_VERSION = 501, 505
+
+
+def check_answer(raw: bytes, data: bytes) -> None:
+    """Invariants of whatever the daemon answered to ``raw``."""
+    response, _ = parse_response(data)
+    if response is None:
+        # The stdlib ends a connection whose request line is blank (str.split's whitespace) without a
+        # word; everything else is answered.
+        blank = not raw.split(b"\n", 1)[0].decode("latin-1").split()
+        assert data == b"" and blank, f"no complete answer to {raw[:120]!r}: {data[:200]!r}"
+        return
+    if response.status == 100:
+        response, _ = parse_response(data.partition(b"\r\n\r\n")[2])
+        assert response is not None, f"only a 100 Continue for {raw[:120]!r}"
+    status = response.status
+    words = raw.split(b"\n", 1)[0].split()
+    allowed_5xx = {503}
+    if len(words) >= 3 and re.fullmatch(rb"HTTP/0*[2-9]\d*\.\d+", words[-1]):  # the stdlib takes the last word
+        allowed_5xx.add(UNSUPPORTED_VERSION)
+    if words and not re.fullmatch(rb"GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH", words[0]):
+        allowed_5xx.add(UNSUPPORTED_METHOD)
+    assert status < 500 or status in allowed_5xx, f"{status} for {raw[:200]!r}: {data[:300]!r}"
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        payload = json.loads(response.body)
+        if status >= 400:
+            assert isinstance(payload, dict) and "error" in payload, payload
+    else:
+        assert status in (200, 204) or (status, content_type) == (503, ""), f"{status} {content_type!r}"
+
+
+SAFE_METHODS = ["system.ping", "system.version", "system.status", "echo.ping", "events.query", "rpc.discover",
+                "permission.answer", "permission.refresh", "session.send", "session.get", "session.list"]
+scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12)
+# Two levels deep, not recursive: generation stays cheap (test_rpc_properties fuzzes deep nesting in-process).
+json_values = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=6), scalars | st.lists(
+    scalars, max_size=2), max_size=3)
+
+
+@st.composite
+def envelopes(draw, methods: list[str]) -> object:
+    message = {"jsonrpc": draw(st.sampled_from(["2.0", "2.0", "2.0", "1.0", 2, None]))}
+    message["method"] = draw(st.sampled_from(methods) | st.text(max_size=12))
+    if draw(st.booleans()):
+        message["params"] = draw(st.dictionaries(st.sampled_from(
+            ["after_id", "before_id", "types", "limit", "session_id", "request_id", "result", "text", "extend_s",
+             "session", "descending", "message_id", "n"]), json_values, max_size=4) | json_values)
+    if draw(st.booleans()):
+        message["id"] = draw(st.none() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False))
+    for key in draw(st.sets(st.sampled_from(["jsonrpc", "method", "params"]), max_size=1)):
+        message.pop(key, None)
+    return message
+
+
+def envelope_bodies(methods: list[str]) -> st.SearchStrategy[bytes]:
+    one = envelopes(methods)
+    return st.one_of(one, st.lists(one, max_size=5), json_values).map(lambda value: json.dumps(value).encode())
+
+
+def header_values(token: str) -> dict[str, st.SearchStrategy[str]]:
+    text = st.text(max_size=24)
+    return {
+        "Host": st.sampled_from(["127.0.0.1", "localhost:1", "[::1]:8", "evil.example", "[", ""]) | text,
+        "Content-Length": st.integers(-3, 1 << 41).map(str) | st.sampled_from(["", "+5", "0x10", "1_0", " 7"]) | text,
+        "Transfer-Encoding": st.sampled_from(["chunked", "CHUNKED", "gzip, chunked", "identity", ""]) | text,
+        "Authorization": st.sampled_from([f"Bearer {token}", f"bearer  {token} ", "Bearer", "Basic eDp5",
+                                          f"Bearer {token}x", ""]) | text,
+        "Cheetahclaws-Api-Version": st.sampled_from(["0", "1", ""]) | text,
+        "X-Client-Id": st.sampled_from(["0" * 32, "Z" * 32, ""]) | text,
+        "X-Client-Kind": st.sampled_from(["repl", "web", "a" * 200, ""]) | text,
+        "Last-Event-ID": st.integers(-5, 1 << 70).map(str) | text,
+        "Origin": st.sampled_from(["http://127.0.0.1", "null", "http://[", "https://evil.example"]) | text,
+        "Connection": st.sampled_from(["close", "keep-alive", "upgrade"]) | text,
+        "Expect": st.sampled_from(["100-continue"]) | text,
+        "Content-Type": st.sampled_from(["application/json", "text/plain"]) | text,
+    }
+
+
+@st.composite
+def chunked(draw, body: bytes) -> bytes:
+    """``body`` in chunked framing, with sizes that are sometimes lies or not numbers at all."""
+    out, rest = b"", body
+    while rest:
+        size = draw(st.integers(1, max(1, len(rest))))
+        label = draw(st.sampled_from([b"%x" % size, b"%X;ext=1" % size, b"-%x" % size, b"zz", b"%x" % (size + 3)]))
+        out += label + b"\r\n" + rest[:size] + b"\r\n"
+        rest = rest[size:]
+    return out + draw(st.sampled_from([b"0\r\n\r\n", b"0\r\nTrailer: x\r\n\r\n", b"", b"0\r\n"]))
+
+
+def http_requests(token: str, methods: list[str]) -> st.SearchStrategy[bytes]:
+    """Requests close enough to valid to reach deep into the daemon, with any part of them broken."""
+    verbs = st.sampled_from(["GET", "POST", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "get"]) | \
+        st.text(min_size=1, max_size=6)
+    paths = st.sampled_from(["/rpc", "/rpc", "/events?since=0", "/events?since=-1", "/events?types=,&session=%ff",
+                             "/healthz", "/readyz", "/metrics", "/", "*", "//[", "http://127.0.0.1/rpc",
+                             "/rpc?x=1#y"]) | st.text(max_size=20).map(lambda t: "/" + t)
+    versions = st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "HTTP/1.1x", "HTTP/1",
+                                "HTTP/01.01", ""])
+    values = header_values(token)
+    names = st.lists(st.sampled_from(sorted(values)), max_size=4)
+    strange_headers = st.lists(st.tuples(st.text(min_size=1, max_size=10), st.text(max_size=20)), max_size=2)
+    bodies = envelope_bodies(methods) | st.binary(max_size=200)
+    framings = st.sampled_from(["length", "length", "chunked", "none", "lie"])
+    newlines = st.sampled_from(["\r\n", "\r\n", "\r\n", "\n"])
+    usual = {"Host": "127.0.0.1", "Authorization": f"Bearer {token}", "Cheetahclaws-Api-Version": "0",
+             "Content-Type": "application/json"}
+    kept = st.lists(st.integers(0, 9), min_size=len(usual), max_size=len(usual))  # each usual header kept 90 %
+
+    @st.composite
+    def build(draw) -> bytes:
+        headers = [item for item, keep in zip(usual.items(), draw(kept)) if keep]
+        headers += [(name, draw(values[name])) for name in draw(names)] + draw(strange_headers)
+        body = draw(bodies)
+        framing = draw(framings)
+        if framing == "length":
+            headers.append(("Content-Length", str(len(body))))
+        elif framing == "chunked":
+            headers.append(("Transfer-Encoding", "chunked"))
+            body = draw(chunked(body))
+        elif framing == "lie":
+            headers.append(("Content-Length", str(len(body) + draw(st.integers(-len(body), 50)))))
+        newline = draw(newlines)
+        request_line = f"{draw(verbs)} {draw(paths)} {draw(versions)}".rstrip()
+        head = newline.join([request_line] + [f"{name}: {value}" for name, value in headers])
+        return (head + newline + newline).encode("utf-8") + body
+
+    return build()
+
+
+def fuzz_source(n: int) -> str:
+    """A loopback source address other than 127.0.0.1: the fuzzer's bad tokens lock out only itself
+    (the throttle is per IP), never the well-behaved client's pings."""
+    return f"127.0.0.{2 + n % 250}"
+
+
+def test_fuzzed_raw_http_requests_never_break_the_daemon(target):
+    address = host_port(target)
+    counter = iter(range(1 << 30))
+
+    @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(http_requests(target.token, SAFE_METHODS))
+    def check(raw):
+        check_answer(raw, exchange(address, raw, fuzz_source(next(counter))))
+        assert ping_ok(target.keep_alive, target)
+
+    check()
+    assert_alive_and_clean(target)
+
+
+def test_random_bytes_never_break_the_daemon(target):
+    address = host_port(target)
+    counter = iter(range(1 << 30))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.binary(min_size=1, max_size=2000) | st.binary(max_size=60).map(lambda b: b"POST /rpc HTTP/1.1\r\n" + b))
+    def check(raw):
+        check_answer(raw, exchange(address, raw, fuzz_source(next(counter))))
+        assert ping_ok(target.keep_alive, target)
+
+    check()
+    assert_alive_and_clean(target)
+
+
+def check_rpc_reply(reply: requests.Response, body: bytes) -> None:
+    assert reply.status_code in (200, 204), f"{reply.status_code} for {body[:200]!r}: {reply.text[:200]}"
+    if reply.status_code == 204:
+        assert reply.content == b""
+        return
+    payload = reply.json()
+    for item in payload if isinstance(payload, list) else [payload]:
+        assert item["jsonrpc"] == "2.0" and ("result" in item) != ("error" in item), item
+        if "error" in item:
+            assert isinstance(item["error"]["code"], int) and isinstance(item["error"]["message"], str)
+            assert item["error"]["code"] != -32603, f"internal error for {body[:300]!r}: {item}"
+
+
+def test_fuzzed_json_rpc_envelopes_get_valid_answers_and_never_an_internal_error(target):
+    session = requests.Session()
+    url = target.base_url + "/rpc"
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(envelope_bodies(SAFE_METHODS))
+    def check(body):
+        check_rpc_reply(session.post(url, data=body, headers=target.headers(), timeout=10), body)
+        assert ping_ok(target.keep_alive, target)
+
+    check()
+    session.close()
+    assert_alive_and_clean(target)
