@@ -72,13 +72,17 @@ class TokenStore:
         except UnicodeEncodeError:
             return False
         self.reload_if_changed()
-        with self._lock:
-            current = self._token
+        current = self._token  # one attribute read: always a whole token, old or new
         return current is not None and secrets.compare_digest(candidate, current)
 
     def reload_if_changed(self) -> bool:
         """Follow the file if someone rewrote it (a user, an older CLI): one stat per check,
         so that "the file is the token" holds from the very next request."""
+        # Compared without the lock first: every request of every connection passes here,
+        # and the file almost never changes.
+        stamp = file_stamp(self.path)
+        if stamp is None or stamp == self._file_stamp:
+            return False
         with self._lock:
             stamp = file_stamp(self.path)
             if stamp is None or stamp == self._file_stamp:
@@ -112,9 +116,9 @@ class TokenStore:
         self.generation += 1
 
 
-def file_stamp(path: Path) -> tuple[int, int] | None:
+def file_stamp(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)  # not Path.stat: this runs once per request
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns

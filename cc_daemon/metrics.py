@@ -27,9 +27,11 @@ class Metrics:
         self._counters.setdefault(name, {})
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = label_key(labels)
         with self._lock:
-            series = self._counters.setdefault(name, {})
+            series = self._counters.get(name)
+            if series is None:
+                series = self._counters[name] = {}
             series[key] = series.get(key, 0.0) + amount
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -38,7 +40,7 @@ class Metrics:
         self._gauges[name] = read
 
     def value(self, name: str, **labels: str) -> float:
-        key = tuple(sorted(labels.items()))
+        key = label_key(labels)
         with self._lock:
             return self._counters.get(name, {}).get(key, 0.0)
 
@@ -59,6 +61,11 @@ class Metrics:
         kind, help_text = self._help.get(name, ("untyped", name))
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
+
+
+def label_key(labels: dict[str, str]) -> LabelKey:
+    # Counting happens several times per request: no sort for the usual zero or one label.
+    return tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items())
 
 
 def format_labels(key: LabelKey) -> str:

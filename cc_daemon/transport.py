@@ -42,6 +42,7 @@ log = logging.getLogger("cc_daemon.transport")
 
 #: Longest Unix socket path the kernel accepts (sun_path is 108 bytes on Linux, 104 on BSD).
 MAX_UNIX_PATH = 107 if os.uname().sysname == "Linux" else 103
+SERVER_VERSION = f"cc_daemon/{__version__}"
 
 
 # -- addresses --------------------------------------------------------------------------
@@ -228,7 +229,7 @@ VERSIONED_PATHS = frozenset({"/rpc", "/events"})
 
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = f"cc_daemon/{__version__}"
+    server_version = SERVER_VERSION
     sys_version = ""
 
     server: DaemonServerMixin
@@ -576,7 +577,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     # -- writing --------------------------------------------------------------------------
     def _respond(self, status: int, payload: Any, *, extra_headers: tuple[tuple[str, str], ...] = (),
                  close: bool = False) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        body = encode_compact(payload).encode()
         self._respond_bytes(status, body, "application/json", extra_headers=extra_headers, close=close)
 
     def _respond_bytes(self, status: int, body: bytes, content_type: str | None, *,
@@ -594,9 +595,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _write_head(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         """Status line, headers and body in one write: no Nagle / delayed-ACK stall."""
-        phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
-        lines = [f"HTTP/1.1 {status} {phrase}", f"{API_VERSION_HEADER}: {API_VERSION}",
-                 f"Server: {self.server_version}"]
+        lines = [RESPONSE_HEADS.get(status) or response_head(status)]
         origin = getattr(self, "headers", NO_HEADERS).get("Origin")
         if origin and self.server.services.authenticator.origin_allowed(origin):
             lines.append(f"Access-Control-Allow-Origin: {origin}")
@@ -605,6 +604,17 @@ class RequestHandler(BaseHTTPRequestHandler):
         lines.extend(f"{name}: {value}" for name, value in headers)
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self.server.services.metrics.inc("ccd_http_responses_total", status=str(status))
+
+
+def response_head(status: int) -> str:
+    """The status line and the headers every response carries."""
+    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+    return f"HTTP/1.1 {status} {phrase}\r\n{API_VERSION_HEADER}: {API_VERSION}\r\nServer: {SERVER_VERSION}"
+
+
+RESPONSE_HEADS = {status.value: response_head(status.value) for status in http.HTTPStatus}
+#: ``json.dumps`` with separators builds a new encoder per call; this one is built once.
+encode_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def http_version(text: str) -> tuple[int, int] | None:
