@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import http
+import io
 import ipaddress
 import json
 import logging
@@ -23,6 +24,7 @@ import re
 import socket
 import socketserver
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -236,13 +238,15 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- connection lifecycle -----------------------------------------------------------
     def setup(self) -> None:
-        services = self.server.services
-        self.timeout = services.limits.idle_timeout_s
+        """StreamRequestHandler's set-up, with the idle timeout kept by the kernel."""
+        self.connection = self.request
+        set_kernel_timeouts(self.connection, self.server.services.limits.idle_timeout_s)
         if self.server.transport == "tcp":
             # Headers and body go out in one write anyway; this removes the 40 ms
             # delayed-ACK stall for anything else (SSE chunks) on keep-alive connections.
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = io.BufferedReader(TimeoutSocketIO(self.connection, "rb"))
+        self.wfile = TimeoutSocketWriter(self.connection)
         self.conn = self._connection_info()
         self.client_kind: str | None = None
 
@@ -660,6 +664,51 @@ class SseWriter:
     def finish(self) -> None:
         if self._chunked:
             self._wfile.write(b"0\r\n\r\n")
+
+
+# -- sockets ----------------------------------------------------------------------------
+def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Receive and send timeouts kept by the kernel (SO_RCVTIMEO / SO_SNDTIMEO) on a blocking socket.
+
+    ``settimeout`` gives the same timeouts with a poll() before every recv and every send:
+    two more system calls, and GIL hand-offs, per request.
+    """
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    timeval = struct.pack("ll", whole, micros or (0 if whole else 1))  # all zero would mean "never"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+class TimeoutSocketIO(socket.SocketIO):
+    """Reads a socket with kernel timeouts: an expired one raises TimeoutError, as under ``settimeout``."""
+
+    def readinto(self, buffer) -> int:
+        received = super().readinto(buffer)
+        if received is None:  # EAGAIN on a blocking socket: SO_RCVTIMEO expired
+            self._timeout_occurred = True
+            raise TimeoutError("timed out")
+        return received
+
+
+class TimeoutSocketWriter(io.BufferedIOBase):
+    """Unbuffered writes (each ``write`` is one ``sendall``); an expired send timeout raises TimeoutError."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._sock.sendall(data)
+        except BlockingIOError:  # EAGAIN on a blocking socket: SO_SNDTIMEO expired
+            raise TimeoutError("timed out") from None
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
 
 # -- servers ----------------------------------------------------------------------------
