@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import BusClosed, EventBus, Originator
+from .events import BusClosed, EventBus, EventNotDurable, Originator
 from .identity import Caller
 from .permissions import PermissionRequest, PermissionStore
 from .rpc import RpcError
@@ -152,6 +152,8 @@ class Session:
         self._usage: dict[str, float] = {}
         self._resume_token: str | None = None
         self._closing = False
+        #: Events the store refused while failing (disk full); told to watchers once it recovers.
+        self._unrecorded: dict[str, Any] | None = None
         self._handlers = {"ready": self._on_ready, "text": self._on_text, "tool_start": self._on_tool_start,
                           "tool_end": self._on_tool_end, "permission_request": self._on_permission_request,
                           "turn_done": self._on_turn_done, "error": self._on_error, "log": self._on_log}
@@ -167,7 +169,8 @@ class Session:
         self._publish("session_created", {
             "session_id": self.session_id, "name": spec.name, "runtime": spec.runtime, "cwd": str(spec.cwd),
             "mode": spec.mode, "approve_via": spec.approve_via if spec.mode == UNATTENDED else None,
-            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "state": self.state}, self.owner)
+            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "state": self.state}, self.owner,
+            acknowledged=True)
         if spec.mode == UNATTENDED and spec.approve_via == APPROVE_ALLOW:
             log.warning("session %s is unattended with approve_via=allow: EVERY permission request its "
                         "runtime makes will be approved with no human asked", self.session_id)
@@ -187,14 +190,15 @@ class Session:
                 raise RpcError(TURN_QUEUE_FULL, f"Session {self.session_id} already has {limit} turns queued",
                                {"session_id": self.session_id, "limit": limit})
             turn = Turn(new_id("turn"), message_id or new_id("msg"), text, caller.originator(), time.time())
+            # Recorded first: a turn the log cannot hold is refused (-32003), never half-accepted.
+            self._publish("turn_queued", {"turn_id": turn.turn_id, "message_id": turn.message_id, "text": text,
+                                          "position": len(self._queue) + 1}, turn.originator, acknowledged=True)
             self._message_ids[turn.message_id] = turn
             while len(self._message_ids) > self.manager.limits.max_message_ids:
                 self._message_ids.popitem(last=False)
             self._turns_accepted += 1
             self.claim_approver(caller, explicit=False)
             self._queue.append(turn)
-            self._publish("turn_queued", {"turn_id": turn.turn_id, "message_id": turn.message_id, "text": text,
-                                          "position": len(self._queue)}, turn.originator)
             self._dispatch()
             return turn
 
@@ -494,11 +498,41 @@ class Session:
             self.closed_reason = reason
             self._publish("session_closed", {"reason": reason, "by": by})
 
-    def _publish(self, type: str, data: dict[str, Any], originator: Originator | None = None) -> None:
+    def _publish(self, type: str, data: dict[str, Any], originator: Originator | None = None, *,
+                 acknowledged: bool = False) -> None:
+        """Publish one of this session's events. ``acknowledged``: a frontend's call answers
+        for it, so a store failure is that call's error. Anything else (runtime output, state
+        changes) cannot be refused: what the store loses is counted and announced later."""
         try:
             self.manager.bus.publish(type, data, session_id=self.session_id, originator=originator)
         except BusClosed:
             log.warning("session %s: %s after the event bus closed; not recorded", self.session_id, type)
+            return
+        except EventNotDurable as exc:
+            if acknowledged:
+                raise
+            self._count_unrecorded(type, str(exc))
+            return
+        if self._unrecorded is not None:
+            self._announce_unrecorded()
+
+    def _count_unrecorded(self, type: str, reason: str) -> None:
+        with self._lock:
+            if self._unrecorded is None:
+                log.error("session %s: the event log refuses events (%s); counting what is lost until it "
+                          "recovers", self.session_id, reason)
+                self._unrecorded = {"count": 0, "types": {}, "reason": reason, "since": time.time()}
+            self._unrecorded["count"] += 1
+            self._unrecorded["types"][type] = self._unrecorded["types"].get(type, 0) + 1
+
+    def _announce_unrecorded(self) -> None:
+        with self._lock:
+            lost, self._unrecorded = self._unrecorded, None
+        if lost is None:
+            return
+        log.warning("session %s: %d event(s) were not recorded while the event log failed", self.session_id,
+                    lost["count"])
+        self._publish("events_unrecorded", {**lost, "until": time.time()})
 
     def _init_message(self) -> bytes:
         return encode({"type": "init", "protocol": 1, "session_id": self.session_id, "cwd": str(self.spec.cwd),
@@ -540,7 +574,12 @@ class SessionManager:
                                               "close one first", {"limit": self.limits.max_sessions})
             session = Session(self, new_id("ses"), spec, caller.originator(), argv)
             self._sessions[session.session_id] = session
-        session.start(caller)
+        try:
+            session.start(caller)
+        except EventNotDurable:
+            with self._lock:  # never announced, never started: as if it had not been asked for
+                del self._sessions[session.session_id]
+            raise
         return session
 
     def get(self, session_id: str) -> Session:

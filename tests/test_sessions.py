@@ -5,6 +5,8 @@ close and shutdown."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +18,7 @@ from cc_daemon.sessions import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_L
                                 SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from cc_daemon.supervisor import SupervisionConfig
 
-from conftest import cli
+from conftest import cli, wait_for
 from fakes.frontend import Watcher, client_of, is_alive, wait_state
 
 FAST = SupervisionConfig(backoff_base_s=0.05, backoff_max_s=0.2, stop_grace_s=0.5, kill_after_s=1.0,
@@ -331,3 +333,40 @@ def test_status_and_startup_log_list_runtimes_and_sessions(subprocess_daemon, tm
     assert "  claude: " in text  # available or not, with the reason
     log = (running.data_dir / "logs" / "daemon.log").read_text()
     assert "runtime demo: " in log and "runtime command: " in log and "runtime claude: " in log
+
+
+def fill_the_disk(running) -> None:
+    """Cap daemon.db at its size and make the log fail on a write that needs a new page."""
+    running.daemon.event_log._db.execute("PRAGMA max_page_count = 1")
+    assert running.rpc("echo.ping", {"pad": "x" * 50000})["error"]["code"] == -32003
+
+
+def free_the_disk(running) -> None:
+    running.daemon.event_log._db.execute("PRAGMA max_page_count = 1073741823")
+    wait_for(lambda: running.get("/readyz").status_code == 200, message="the event log recovering")
+
+
+def test_a_failing_event_log_refuses_new_sessions_and_turns_and_counts_what_runtimes_lose(fast_daemon, tmp_path):
+    client = client_of(fast_daemon, "repl")
+    session_id = create(client, tmp_path)["session_id"]
+    wait_state(client, session_id, "idle")
+    pid = client.call("session.get", session_id=session_id)["runner"]["pid"]
+    fill_the_disk(fast_daemon)
+
+    refused = rpc_error(lambda: client.call("session.send", session_id=session_id, text="hello"))
+    assert refused.code == -32003 and "cannot store events" in refused.data["reason"]
+    assert client.call("session.get", session_id=session_id)["turns"] == 0  # not half-accepted
+    assert rpc_error(lambda: create(client, tmp_path)).code == -32003
+    assert [s["session_id"] for s in client.call("session.list")["sessions"]] == [session_id]
+
+    os.kill(pid, signal.SIGKILL)  # the crash and restart happen while nothing can be recorded
+    wait_for(lambda: client.call("session.get", session_id=session_id)["runner"]["restarts"] >= 1,
+             message="the supervisor restarting the runtime")
+    free_the_disk(fast_daemon)
+    watcher = Watcher(client, session_id, since=0)
+    client.call("session.send", session_id=session_id, text="hello")
+    notice = watcher.wait("events_unrecorded")
+    assert notice["data"]["count"] >= 1 and "runner_crashed" in notice["data"]["types"]
+    assert "disk is full" in notice["data"]["reason"]
+    watcher.wait("turn_done")
+    watcher.close()
