@@ -52,6 +52,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                         help="open connections served at once (default 512; beyond it 503)")
     parser.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
                         help="agent sessions running at once (default 8; session.create refuses more)")
+    parser.add_argument("--max-queued-turns", type=positive_int, default=16, metavar="N",
+                        help="turns waiting per session behind the running one (default 16; session.send "
+                             "refuses more)")
     parser.set_defaults(run=run)
 
 
@@ -94,7 +97,8 @@ def options_from(args: argparse.Namespace):
         limits=Limits(**{name: value for name, value in (("max_body_bytes", args.max_body_bytes),
                                                            ("max_connections", args.max_connections))
                          if value is not None}),
-        log_level=args.log_level, max_sessions=args.max_sessions)
+        log_level=args.log_level, max_sessions=args.max_sessions,
+        max_queued_turns=args.max_queued_turns)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -155,6 +155,18 @@ def test_session_limit_refuses_with_a_domain_error_until_one_closes(make_daemon,
     assert create(client, tmp_path)["state"] == "starting"
 
 
+def test_serve_flags_set_the_session_limits(subprocess_daemon, tmp_path):
+    client = client_of(subprocess_daemon("--max-sessions", "1", "--max-queued-turns", "1"), "repl")
+    session_id = create(client, tmp_path)["session_id"]
+    assert rpc_error(lambda: create(client, tmp_path)).data["limit"] == 1
+    client.call("session.send", session_id=session_id, text="sleep 30")
+    wait_state(client, session_id, "busy")
+    client.call("session.send", session_id=session_id, text="queued")
+    error = rpc_error(lambda: client.call("session.send", session_id=session_id, text="one too many"))
+    assert error.code == TURN_QUEUE_FULL and error.data["limit"] == 1
+    client.call("session.close", session_id=session_id)
+
+
 def test_turn_queue_limit_and_cancelling_queued_and_running_turns(make_daemon, tmp_path):
     running = make_daemon(max_queued_turns=2, supervision=FAST)
     client = client_of(running, "repl")
