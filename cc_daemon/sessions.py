@@ -152,6 +152,7 @@ class Session:
         self._usage: dict[str, float] = {}
         self._resume_token: str | None = None
         self._closing = False
+        self._ready_timer: TimerHandle | None = None
         #: Events the store refused while failing (disk full); told to watchers once it recovers.
         self._unrecorded: dict[str, Any] | None = None
         self._handlers = {"ready": self._on_ready, "text": self._on_text, "tool_start": self._on_tool_start,
@@ -287,6 +288,22 @@ class Session:
         with self._lock:
             if self.state == RESTARTING:
                 self._set_state(STARTING, f"runtime restarted as pid {pid}")
+            self._disarm_ready_timer()
+            timeout = self.manager.supervision.ready_timeout_s
+            self._ready_timer = self.manager.scheduler.call_later(timeout, lambda: self._ready_overdue(pid, timeout))
+
+    def _ready_overdue(self, pid: int, timeout: float) -> None:
+        with self._lock:
+            if self.state != STARTING or self.supervisor.snapshot().get("pid") != pid:
+                return
+            self._protocol_error("no_ready", f"no ready message within {timeout:g} s of starting pid {pid}; "
+                                             "killing it", None)
+        self.supervisor.kill(f"no ready within {timeout:g} s")
+
+    def _disarm_ready_timer(self) -> None:
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
 
     def runner_line(self, line: bytes | Oversized) -> None:
         if isinstance(line, Oversized):
@@ -303,6 +320,7 @@ class Session:
 
     def runner_exited(self, exit: ExitInfo, verdict: Verdict) -> None:
         with self._lock:
+            self._disarm_ready_timer()
             # Forget the links first: the dead process must not be sent the denials.
             had_requests = bool(self._links)
             self._links.clear()
@@ -337,6 +355,7 @@ class Session:
     def _on_ready(self, message: dict) -> None:
         if self.state != STARTING:
             return self._protocol_error("unexpected", f"ready while {self.state}", None)
+        self._disarm_ready_timer()
         self.runtime_version = message.get("version")
         self._set_state(IDLE, "runtime ready", runtime_version=self.runtime_version)
         self._dispatch()

@@ -65,6 +65,8 @@ class SupervisionConfig:
     kill_after_s: float = 5.0
     #: After a turn's cancel, how long its runtime has to end the turn before it is killed.
     cancel_grace_s: float = 5.0
+    #: From spawn to the runtime's ``ready``; a runtime that never answers is killed (a crash).
+    ready_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@ being killed, parking and refusing to stop, over HTTP with real daemons."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -168,6 +170,20 @@ def test_restart_policy_none_fails_the_session(fast, tmp_path):
     assert watcher.wait("turn_done", turn_id=turn_id)["data"]["status"] == "failed"
     info = wait_state(client, session_id, "failed")
     assert info["runner"]["last_exit"]["exit_code"] == 3 and not watcher.find("runner_restarting")
+    watcher.close()
+
+
+def test_a_runtime_that_never_says_ready_is_killed_and_judged_like_a_crash(make_daemon, tmp_path):
+    client = client_of(make_daemon(supervision=dataclasses.replace(FAST, ready_timeout_s=0.5)), "repl")
+    mute = [sys.executable, "-c", "import time; time.sleep(60)"]
+    session_id = client.call("session.create", runtime="custom", cwd=str(tmp_path), args=mute,
+                             restart="none")["session_id"]
+    watcher = Watcher(client, session_id, since=0)
+    error = watcher.wait("runtime_protocol_error", reason="no_ready")["data"]
+    assert "no ready message within 0.5 s" in error["detail"]
+    info = wait_state(client, session_id, "failed")
+    assert info["runner"]["last_exit"]["signal"] == signal.SIGKILL
+    assert not is_alive(info["runner"]["pid"])
     watcher.close()
 
 
