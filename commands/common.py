@@ -91,3 +91,23 @@ def print_rpc_error(code: Any, message: Any, data: Any = None) -> None:
     sys.stderr.write(f"error {code}: {message}\n")
     if data is not None:
         sys.stderr.write(f"data: {json.dumps(data, indent=2, ensure_ascii=False)}\n")
+
+
+def number_option(convert: Callable[[str], Any], accept: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that converts and checks a number, failing with one readable line."""
+    noun = "an integer" if convert is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{rule}: {text}")
+        return value
+    return parse
+
+
+positive_int = number_option(int, lambda value: value > 0, "must be positive")
+positive_float = number_option(float, lambda value: value > 0, "must be positive")  # also refuses nan
+non_negative_int = number_option(int, lambda value: value >= 0, "must be 0 or more")

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .common import add_client, client_verb, fail
+from .common import add_client, client_verb, fail, non_negative_int
 
 EXAMPLES = """examples:
   cheetahclaws events                          # from now on, until Ctrl-C
@@ -122,16 +122,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=non_negative_int, metavar="N", help="exit after N events")
     add_client(parser)
     parser.set_defaults(run=run)
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
-    return value
 
 
 @client_verb

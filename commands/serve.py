@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import add_data_dir, fail
+from .common import add_data_dir, fail, positive_float, positive_int
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -56,26 +56,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                         help="turns waiting per session behind the running one (default 16; session.send "
                              "refuses more)")
     parser.set_defaults(run=run)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
 
 
 def options_from(args: argparse.Namespace):

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
-from .common import EXIT_REFUSED, add_client, client_verb, fail
-from .events_verb import Style, compact, describe, event_line, non_negative_int, notice, one_line
+from .common import EXIT_REFUSED, add_client, client_verb, fail, non_negative_int
+from .events_verb import Style, compact, describe, event_line, notice, one_line
 
 EXAMPLES = """examples:
   S=$(cheetahclaws session new demo --name try-it)      # prints the new session's id
