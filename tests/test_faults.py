@@ -245,11 +245,18 @@ def target():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def assert_alive_and_clean(running: Running) -> None:
-    """The daemon runs, answers, and logged no traceback or internal error (each one is a bug)."""
+def log_size(running: Running) -> int:
+    return (running.data_dir / "logs" / "daemon.log").stat().st_size
+
+
+def assert_alive_and_clean(running: Running, log_from: int) -> None:
+    """The daemon runs, answers, and logged no traceback or internal error since ``log_from``
+    (each one is a bug)."""
     assert running.process.poll() is None, f"the daemon died: {''.join(running.stderr_lines)[-2000:]}"
     assert ping_ok(running.keep_alive, running)
-    log_text = (running.data_dir / "logs" / "daemon.log").read_text()
+    with open(running.data_dir / "logs" / "daemon.log", encoding="utf-8") as log:
+        log.seek(log_from)
+        log_text = log.read()
     for marker in ("Traceback", "internal error", "unhandled error"):
         assert marker not in log_text, log_text[log_text.index(marker) - 500:][:3000]
 
@@ -341,7 +348,8 @@ def chunked(draw, body: bytes) -> bytes:
     out, rest = b"", body
     while rest:
         size = draw(st.integers(1, max(1, len(rest))))
-        label = draw(st.sampled_from([b"%x" % size, b"%X;ext=1" % size, b"-%x" % size, b"zz", b"%x" % (size + 3)]))
+        # No negative sizes here: test_a_negative_chunk_size_is_a_400_and_not_a_read_to_the_end has them.
+        label = draw(st.sampled_from([b"%x" % size, b"%X;ext=1" % size, b"+%x" % size, b"zz", b"%x" % (size + 3)]))
         out += label + b"\r\n" + rest[:size] + b"\r\n"
         rest = rest[size:]
     return out + draw(st.sampled_from([b"0\r\n\r\n", b"0\r\nTrailer: x\r\n\r\n", b"", b"0\r\n"]))
@@ -394,6 +402,7 @@ def fuzz_source(n: int) -> str:
 
 
 def test_fuzzed_raw_http_requests_never_break_the_daemon(target):
+    log_from = log_size(target)
     address = host_port(target)
     counter = iter(range(1 << 30))
 
@@ -404,10 +413,11 @@ def test_fuzzed_raw_http_requests_never_break_the_daemon(target):
         assert ping_ok(target.keep_alive, target)
 
     check()
-    assert_alive_and_clean(target)
+    assert_alive_and_clean(target, log_from)
 
 
 def test_random_bytes_never_break_the_daemon(target):
+    log_from = log_size(target)
     address = host_port(target)
     counter = iter(range(1 << 30))
 
@@ -418,7 +428,7 @@ def test_random_bytes_never_break_the_daemon(target):
         assert ping_ok(target.keep_alive, target)
 
     check()
-    assert_alive_and_clean(target)
+    assert_alive_and_clean(target, log_from)
 
 
 def check_rpc_reply(reply: requests.Response, body: bytes) -> None:
@@ -435,6 +445,7 @@ def check_rpc_reply(reply: requests.Response, body: bytes) -> None:
 
 
 def test_fuzzed_json_rpc_envelopes_get_valid_answers_and_never_an_internal_error(target):
+    log_from = log_size(target)
     session = requests.Session()
     url = target.base_url + "/rpc"
 
@@ -446,7 +457,7 @@ def test_fuzzed_json_rpc_envelopes_get_valid_answers_and_never_an_internal_error
 
     check()
     session.close()
-    assert_alive_and_clean(target)
+    assert_alive_and_clean(target, log_from)
 
 
 # -- slow and many clients ----------------------------------------------------------------------
@@ -712,3 +723,225 @@ def test_a_runtimes_output_does_not_grow_the_daemons_memory_with_its_size(subpro
     after = usage(running.process.pid)
     print(f"\n90 MB of runtime output: peak RSS growth {after.peak_growth_mb(before):.1f} MB")
     assert after.peak_growth_mb(before) < 48, f"{before} -> {after}"
+
+
+# -- a full disk and a read-only data dir (real filesystems) -------------------------------------
+def mount(*args: str) -> None:
+    result = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"mount {' '.join(args)} is not permitted here: {result.stderr.strip() or result.returncode}")
+
+
+@pytest.fixture
+def small_fs():
+    """Mount a private tmpfs of a few MB (a real ENOSPC) for the test; skipped where mounting is not allowed.
+    Request it before ``subprocess_daemon`` so that the daemons die before the unmount."""
+    points: list[Path] = []
+
+    def make(size_mb: int) -> Path:
+        point = short_tmpdir()
+        points.append(point)
+        mount("-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(point))
+        return point
+
+    yield make
+    for point in points:
+        # As many times as mounts are stacked there (read_only() binds one more).
+        while subprocess.run(["umount", "--lazy", str(point)], capture_output=True).returncode == 0:
+            pass
+        shutil.rmtree(point, ignore_errors=True)
+
+
+def fill(point: Path) -> Path:
+    """Leave no free byte on ``point`` (the daemon's files keep what they have already allocated)."""
+    filler = point / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC
+    return filler
+
+
+def publish_until_refused(running: Running) -> tuple[dict, str]:
+    """Publish big events until one is refused (the log's files first use up the space they hold);
+    returns the JSON-RPC error and the ``seq`` of the refused event."""
+    for attempt in range(400):
+        seq = f"filling-{attempt}"
+        reply = running.rpc("echo.ping", {"seq": seq, "pad": "x" * 20000})
+        if "error" in reply:
+            return reply["error"], seq
+    raise AssertionError("400 events of 20 KB fitted on a full 4 MB filesystem")
+
+
+def read_only(point: Path) -> None:
+    """Make ``point`` read-only for every file opened from now on. A remount of the tmpfs itself is
+    refused (EBUSY) while the daemon has files open for writing, so a read-only bind mount goes on
+    top: the daemon's open files (its database, its logs) keep working, anything new fails EROFS."""
+    mount("--bind", str(point), str(point))
+    mount("-o", "remount,ro,bind", str(point))
+
+
+def writable(point: Path) -> None:
+    mount("-o", "remount,rw,bind", str(point))
+
+
+def published_seqs(running: Running) -> dict[int, str]:
+    """id -> params.seq of every stored ping, read back with events.query."""
+    found, cursor = {}, 0
+    while cursor is not None:
+        reply = running.rpc("events.query", {"after_id": cursor, "types": ["ping_received"], "limit": 1000})
+        assert "result" in reply, reply
+        page = reply["result"]
+        found.update((event["id"], event["data"]["params"].get("seq")) for event in page["events"])
+        cursor = page["cursor"]
+    return found
+
+
+def restart(subprocess_daemon, running: Running) -> Running:
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(10) == 0
+    return start_tcp(subprocess_daemon, data_dir=running.data_dir)
+
+
+def test_a_really_full_disk_refuses_publishing_clearly_loses_nothing_and_recovers(small_fs, subprocess_daemon):
+    root = small_fs(4)
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    client = client_of(running, "repl")
+    watcher = Watcher(client, since=0)
+    acknowledged = [f"before-{i}" for i in range(20) if "result" in running.rpc("echo.ping", {"seq": f"before-{i}"})]
+    assert len(acknowledged) == 20
+    filler = fill(root)
+
+    refused, refused_seq = publish_until_refused(running)
+    assert refused["code"] == -32003 and refused["message"] == "Storage unavailable", refused
+    assert "database or disk is full" in refused["data"]["reason"]
+    again = running.rpc("echo.ping", {"seq": "refused-again"})["error"]  # refused at once while failed
+    assert again["code"] == -32003 and "cannot store events" in again["data"]["reason"]
+    ready = running.get("/readyz")
+    assert ready.status_code == 503 and "full" in ready.json()["event_log"]["failure"]
+    assert running.get("/healthz").status_code == 200 and ping_ok(requests.Session(), running)
+    acknowledged += [f"filling-{i}" for i in range(int(refused_seq.split("-")[1]))]  # what still fitted
+    assert set(published_seqs(running).values()) == set(acknowledged)  # reading still works
+
+    filler.unlink()
+    wait_for(lambda: running.get("/readyz").status_code == 200, message="readiness once space is back")
+    acknowledged += [f"after-{i}" for i in range(5) if "result" in running.rpc("echo.ping", {"seq": f"after-{i}"})]
+    assert acknowledged[-1] == "after-4"
+
+    stored = published_seqs(running)
+    last = max(stored)
+    # Every acknowledged event once; the event whose publisher was told "not stored" was kept
+    # queued and stored when space came back (the event log's documented retry), nothing else.
+    assert sorted(stored.values()) == sorted(acknowledged + [refused_seq])
+    assert sorted(stored) == list(range(1, last + 1))
+    wait_for(lambda: watcher.events and watcher.events[-1]["id"] == last, message="the subscriber to catch up")
+    seen = [event["id"] for event in watcher.events]
+    assert seen == list(range(1, last + 1)), "the live subscriber saw every id once, in order, no gap"
+    watcher.close()
+
+    running = restart(subprocess_daemon, running)
+    assert published_seqs(running) == stored
+    running.process.send_signal(signal.SIGTERM)
+    running.process.wait(10)
+    doctor = cli("daemon", "doctor", "--data-dir", str(root))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="a full disk makes ClientRegistry.resolve -> flush -> RecordTable.write raise "
+                                       "in RequestHandler._caller, outside any error handling: the connection is "
+                                       "closed without an answer (and RecordTable.write's unconditional ROLLBACK "
+                                       "masks SQLITE_FULL with 'cannot rollback - no transaction is active')")
+def test_a_full_disk_never_drops_a_request_without_an_answer(small_fs, subprocess_daemon):
+    root = small_fs(4)
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    minted = running.post({"jsonrpc": "2.0", "method": "system.ping", "id": 1}).headers["X-Client-Id"]
+    fill(root)
+    assert publish_until_refused(running)[0]["code"] == -32003  # the database has no room left at all
+    # Presenting the minted id confirms it: the registry writes it down at that moment.
+    try:
+        reply = running.post({"jsonrpc": "2.0", "method": "system.ping", "id": 2},
+                             headers=running.headers(X_Client_Id=minted))
+    except requests.ConnectionError as exc:
+        raise AssertionError(f"no answer at all: {exc}") from None
+    assert reply.status_code == 200 and reply.json()["result"] == "pong", reply.text
+
+
+@pytest.mark.xfail(strict=True, reason="an OSError from a full or read-only data dir (here atomic_write of the "
+                                       "new token) is answered -32603 'Internal error' with only an error_id, "
+                                       "not -32003 'Storage unavailable' with the reason, as the event log's are")
+@pytest.mark.parametrize("failure", ["full", "read-only"])
+def test_a_failing_data_dir_is_named_in_the_rpc_error(small_fs, subprocess_daemon, failure):
+    root = small_fs(4)
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    if failure == "full":
+        fill(root)
+    else:
+        read_only(root)
+    error = running.rpc("system.rotate_token")["error"]
+    assert error["code"] == -32003, error
+    assert ("No space left" if failure == "full" else "Read-only file system") in error["data"]["reason"]
+    assert ping_ok(requests.Session(), running)  # and the old token still works: nothing was rotated
+
+
+def test_a_data_dir_turned_read_only_under_a_running_daemon(small_fs, subprocess_daemon, tmp_path):
+    root = small_fs(8)
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    client = client_of(running, "repl")
+    assert "result" in running.rpc("echo.ping", {"seq": "before"})
+    read_only(root)
+
+    # What it had open keeps working: the event log, its reads, the stream, readiness.
+    assert "result" in running.rpc("echo.ping", {"seq": "during"})
+    assert set(published_seqs(running).values()) == {"before", "during"}
+    assert running.get("/readyz").status_code == 200
+    # What needs a new file fails with an answer, and the daemon keeps serving.
+    refused = running.rpc("session.create", {"runtime": "demo", "cwd": str(tmp_path)}, client_id=None)
+    assert "error" in refused, refused
+    assert ping_ok(requests.Session(), running)
+
+    writable(root)
+    session_id = client.call("session.create", runtime="demo", cwd=str(tmp_path))["session_id"]
+    assert wait_state(client, session_id, "idle")
+    client.call("session.close", session_id=session_id)
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(10) == 0
+    doctor = cli("daemon", "doctor", "--data-dir", str(root))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+def test_a_read_only_data_dir_stops_the_start_with_a_clear_message_and_nothing_is_lost(small_fs, subprocess_daemon):
+    root = small_fs(4)
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    assert "result" in running.rpc("echo.ping", {"seq": "kept"})
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(10) == 0
+    mount("-o", "remount,ro", str(root))  # nothing is open for writing any more: a real read-only remount
+    refused = cli("serve", "--data-dir", str(root), "--listen", "tcp://127.0.0.1:0", timeout=20)
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot start" in refused.stderr and "Read-only file system" in refused.stderr
+    assert str(root) in refused.stderr
+    mount("-o", "remount,rw", str(root))
+    running = start_tcp(subprocess_daemon, data_dir=root)
+    assert set(published_seqs(running).values()) == {"kept"}
+
+
+@pytest.mark.xfail(strict=True, reason="eventlog.open_database opens and closes an existing daemon.db with os.open/"
+                                       "os.close, which drops every POSIX lock the process holds on it (SQLite's "
+                                       "SHARED lock): another process closing its connection (the sqlite3 CLI, a "
+                                       "backup) then takes itself for the last user and deletes the WAL and -shm "
+                                       "under the running daemon; what it acknowledges next is lost on kill -9")
+def test_another_process_reading_the_database_costs_no_acknowledged_event(subprocess_daemon):
+    running = start_tcp(subprocess_daemon)
+    acknowledged = [f"before-{i}" for i in range(10) if "result" in running.rpc("echo.ping", {"seq": f"before-{i}"})]
+    reader = sqlite3.connect(running.data_dir / "daemon.db")  # what `sqlite3 daemon.db 'select ...'` does
+    assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 10
+    reader.close()
+    acknowledged += [f"after-{i}" for i in range(5) if "result" in running.rpc("echo.ping", {"seq": f"after-{i}"})]
+    assert len(acknowledged) == 15
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait(10)
+    running = start_tcp(subprocess_daemon, data_dir=running.data_dir)
+    missing = set(acknowledged) - set(published_seqs(running).values())
+    assert not missing, f"{len(missing)} acknowledged events lost: {sorted(missing)}"
