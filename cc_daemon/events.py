@@ -51,7 +51,7 @@ class Originator:
 class Event:
     """One published event. Immutable once published."""
 
-    __slots__ = ("id", "ts", "type", "data", "session_id", "originator", "_public_json")
+    __slots__ = ("id", "ts", "type", "data", "session_id", "originator", "_public_json", "_own_json")
 
     def __init__(self, id: int, ts: float, type: str, data: dict[str, Any],
                  session_id: str | None = None, originator: Originator | None = None):
@@ -62,6 +62,7 @@ class Event:
         self.session_id = session_id
         self.originator = originator
         self._public_json: str | None = None
+        self._own_json: str | None = None
 
     def as_dict(self, viewer: Any = None) -> dict[str, Any]:
         """The event as ``viewer`` sees it (anything with ``client_id`` and ``client_key``,
@@ -77,9 +78,15 @@ class Event:
         return out
 
     def to_json(self, viewer: Any = None) -> str:
-        """Compact JSON for ``viewer``; the public rendering is computed once and shared."""
+        """Compact JSON for ``viewer``; each of the two renderings is computed once and shared.
+
+        Whoever holds the originator's key holds its client id (the key is derived from the
+        id), so the originator's own rendering is the same for all of its streams.
+        """
         if self.originator is not None and self.originator.is_held_by(viewer):
-            return compact_json(self.as_dict(viewer))
+            if self._own_json is None:
+                self._own_json = compact_json(self.as_dict(viewer))
+            return self._own_json
         if self._public_json is None:
             self._public_json = compact_json(self.as_dict())
         return self._public_json
@@ -88,8 +95,8 @@ class Event:
         return f"Event(id={self.id}, type={self.type!r})"
 
 
-def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+#: Built once: ``json.dumps`` with these arguments would build a new encoder per call.
+compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,11 +237,25 @@ class EventBus:
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[], None]] = []
         self._store.attach(self._wake)
+
+    def add_listener(self, on_news: Callable[[], None]) -> None:
+        """Call ``on_news`` whenever subscriptions are woken: events became visible, some were
+        ended, or the bus closed. It runs with the bus lock held, so it must only take note
+        (set a flag, notify its own condition), never block or call back into the bus."""
+        with self._cond:
+            self._listeners.append(on_news)
+
+    def _notify(self) -> None:
+        """Wake every reader; the bus lock is held."""
+        self._cond.notify_all()
+        for on_news in self._listeners:
+            on_news()
 
     def _wake(self) -> None:
         with self._cond:
-            self._cond.notify_all()
+            self._notify()
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, type: str, data: dict[str, Any], *, session_id: str | None = None,
@@ -246,7 +267,10 @@ class EventBus:
                 raise BusClosed("event bus is closed")
             event = Event(self._store.last_assigned_id() + 1, self._clock(), type, data, session_id, originator)
             self._store.append(event)
-            self._cond.notify_all()
+            # A durable store makes the event visible later and wakes the readers itself
+            # (``attach``); waking them now too would only make every one of them look twice.
+            if self._store.last_id() >= event.id:
+                self._notify()
         if not self._store.wait_visible(event.id, self._durable_timeout_s):
             raise EventNotDurable(f"event {event.id} could not be stored")
         return event
@@ -285,7 +309,7 @@ class EventBus:
             self._closed = True
             for subscription in self._subscriptions:
                 subscription.end_reason = subscription.end_reason or SHUTDOWN
-            self._cond.notify_all()
+            self._notify()
 
     def end_subscriptions(self, predicate, reason: str) -> int:
         """End the subscriptions for which ``predicate(subscription)`` holds; returns how many."""
@@ -293,7 +317,7 @@ class EventBus:
             ended = [s for s in self._subscriptions if s.end_reason is None and predicate(s)]
             for subscription in ended:
                 subscription.end_reason = reason
-            self._cond.notify_all()
+            self._notify()
         return len(ended)
 
     def _forget(self, subscription: Subscription) -> None:
@@ -302,7 +326,8 @@ class EventBus:
 
 
 class Subscription:
-    """A reader's position in the log. Not thread-safe: one reader thread owns it."""
+    """A reader's position in the log. Not thread-safe: one reader thread at a time owns it
+    (ownership may be handed over, as long as the hand-over itself synchronises)."""
 
     def __init__(self, bus: EventBus, cursor: int, event_filter: EventFilter):
         self._bus = bus

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import API_VERSION, API_VERSION_HEADER, __version__
 from .auth import Authenticator, Connection, Denied, peer_credentials
-from .events import SHUTDOWN, Event, EventBus, EventFilter, Gap, SubscriptionEnded, compact_json
+from .events import SHUTDOWN, Event, EventBus, EventFilter, Gap, Subscription, SubscriptionEnded, compact_json
 from .identity import CLIENT_ID_RE, Caller, ClientRegistry, clean_kind
 from .metrics import Metrics
 from .rpc import Dispatcher
@@ -533,7 +533,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
         subscription = services.bus.subscribe(since, event_filter)
         subscription.tag = self.conn
-        writer = SseWriter(self.wfile, chunked, caller)
+        writer = SseWriter(self.wfile, self.connection, chunked, caller)
         try:
             self._write_head(200, headers)
             writer.send(f"retry: {services.limits.retry_ms}\n\n")
@@ -561,9 +561,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         return since, EventFilter(types, first(query.get("session")))
 
     def _stream(self, subscription, writer: SseWriter) -> None:
+        """Replay and catch up here; once caught up, the shared live-tail thread writes the
+        stream until it falls behind or ends, and this thread takes over again."""
         heartbeat = self.server.services.limits.heartbeat_s
         delivered = self.server.services.metrics
+        bus = self.server.services.bus
+        live = LiveStream(subscription, writer)
         while True:
+            if subscription.cursor >= bus.last_id() and self.server.live_tail.serve(live):
+                live.take_back()
             try:
                 batch = subscription.next_batch(heartbeat)
             except SubscriptionEnded as ended:
@@ -643,27 +649,194 @@ def render_frame(event_id: int | None, event_type: str, data_json: str) -> str:
 class SseWriter:
     """Writes SSE text to a socket, framed as HTTP/1.1 chunks (or raw for HTTP/1.0)."""
 
-    def __init__(self, wfile, chunked: bool, viewer: Caller):
+    def __init__(self, wfile, sock: socket.socket, chunked: bool, viewer: Caller):
         self._wfile = wfile
+        self._sock = sock
         self._chunked = chunked
         self._viewer = viewer
 
-    def send(self, text: str) -> None:
+    def encode(self, text: str) -> bytes:
         data = text.encode("utf-8")
-        if self._chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        self._wfile.write(data)
+        return b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
 
-    def send_events(self, batch: list[Event | Gap]) -> None:
+    def encode_events(self, batch: list[Event | Gap]) -> bytes:
         frames = []
         for item in batch:
             event = item.as_event(time.time()) if isinstance(item, Gap) else item
             frames.append(render_frame(event.id, event.type, event.to_json(self._viewer)))
-        self.send("".join(frames))
+        return self.encode("".join(frames))
+
+    def send(self, text: str) -> None:
+        self._wfile.write(self.encode(text))
+
+    def send_events(self, batch: list[Event | Gap]) -> None:
+        self._wfile.write(self.encode_events(batch))
+
+    def send_bytes(self, data: bytes) -> None:
+        self._wfile.write(data)
+
+    def send_without_waiting(self, data: bytes) -> int:
+        """Write what the socket takes now; returns how many bytes that was (0 when full)."""
+        try:
+            return self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
 
     def finish(self) -> None:
         if self._chunked:
             self._wfile.write(b"0\r\n\r\n")
+
+
+class LiveStream:
+    """An event stream as the live-tail thread holds it, and what it hands back."""
+
+    __slots__ = ("subscription", "writer", "last_write", "unsent", "failure", "returned")
+
+    def __init__(self, subscription: Subscription, writer: SseWriter):
+        self.subscription = subscription
+        self.writer = writer
+        self.last_write = time.monotonic()
+        self.unsent = b""  # bytes of a frame the socket did not take
+        self.failure: OSError | None = None
+        self.returned = threading.Event()
+
+    def take_back(self) -> None:
+        """Back on the stream's own thread: finish what the live tail could not write."""
+        failure, unsent = self.failure, self.unsent
+        self.failure, self.unsent = None, b""
+        if failure is not None:
+            raise failure
+        if unsent:
+            self.writer.send_bytes(unsent)  # blocking, with the connection's send timeout
+
+
+class LiveTail:
+    """One thread that writes the live tail of every caught-up event stream.
+
+    With a thread per stream, every publish woke every subscriber's thread: 64 subscribers
+    meant 64 thread switches and GIL hand-offs per event (py-spy: two thirds of the daemon's
+    time in ``Condition.notify_all``). A stream's own thread still replays history and
+    handles whatever is slow or final; once its cursor reaches the newest event it hands the
+    stream here (``serve``) and sleeps. On news from the bus this thread reads each stream's
+    next events and writes them without blocking. A stream whose socket is full, that ended,
+    or whose write failed goes back to its own thread, with the bytes not yet written.
+    """
+
+    #: Heartbeats go out in passes every quarter period, to streams silent for 3/4 of it,
+    #: so that thousands of idle streams cost a few wake-ups per period, not one each.
+    HEARTBEAT_PASSES = 4
+    #: Passes are at least this far apart, so that a fast publisher's events go out several
+    #: to a write: one system call per stream per pass, on our side and on the reader's.
+    COALESCE_S = 0.002
+
+    def __init__(self, bus: EventBus, metrics: Metrics, heartbeat_s: float):
+        self._metrics = metrics
+        self._heartbeat_s = heartbeat_s
+        self._cond = threading.Condition(threading.Lock())
+        self._news = False
+        self._arrivals: list[LiveStream] = []
+        self._streams: list[LiveStream] = []  # only the live-tail thread touches this list
+        self._delivered = 0  # events written in the current pass
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        bus.add_listener(self._on_news)
+
+    def _on_news(self) -> None:
+        with self._cond:
+            self._news = True
+            self._cond.notify()
+
+    def serve(self, stream: LiveStream) -> bool:
+        """Write ``stream`` from the live-tail thread until it comes back (then True), or
+        False at once when the live tail is stopped."""
+        with self._cond:
+            if self._stopped:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ccd-live-tail", daemon=True)
+                self._thread.start()
+            stream.returned.clear()
+            self._arrivals.append(stream)
+            self._cond.notify()
+        stream.returned.wait()
+        return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("the live-tail thread stopped; event streams go on from their own threads")
+        finally:
+            with self._cond:
+                self._stopped = True
+                streams, self._streams, self._arrivals = self._streams + self._arrivals, [], []
+            for stream in streams:
+                stream.returned.set()
+
+    def _loop(self) -> None:
+        pass_every = self._heartbeat_s / self.HEARTBEAT_PASSES
+        next_heartbeat = time.monotonic() + pass_every
+        last_pass = 0.0
+        while True:
+            wait = last_pass + self.COALESCE_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self._cond:
+                if not (self._news or self._arrivals or self._stopped):
+                    self._cond.wait(max(0.0, next_heartbeat - time.monotonic()))
+                if self._stopped:
+                    return
+                news, self._news = self._news, False
+                arrivals, self._arrivals = self._arrivals, []
+            now = last_pass = time.monotonic()
+            heartbeat = now >= next_heartbeat
+            if heartbeat:
+                next_heartbeat = now + pass_every
+            # New arrivals are read even without news: an event may have become visible
+            # between their last read and their arrival here.
+            self._streams = [stream for stream in self._streams if self._advance(stream, now, news, heartbeat)]
+            self._streams.extend(stream for stream in arrivals if self._advance(stream, now, True, heartbeat))
+            if self._delivered:
+                self._metrics.inc("ccd_events_delivered_total", self._delivered)
+                self._delivered = 0
+
+    def _advance(self, stream: LiveStream, now: float, news: bool, heartbeat: bool) -> bool:
+        """Write ``stream``'s news (or a heartbeat); False when it went back to its own thread."""
+        keep = self._write(stream, now, news, heartbeat)
+        if not keep:
+            stream.returned.set()
+        return keep
+
+    def _write(self, stream: LiveStream, now: float, news: bool, heartbeat: bool) -> bool:
+        subscription = stream.subscription
+        try:
+            batch = subscription.next_batch(0) if news else []
+        except SubscriptionEnded:
+            return False  # its own thread ends the stream
+        if batch:
+            data = stream.writer.encode_events(batch)
+        elif heartbeat and now - stream.last_write >= self._heartbeat_s * 0.75:
+            data = stream.writer.encode(":\n\n")
+        else:
+            return subscription.end_reason is None
+        try:
+            sent = stream.writer.send_without_waiting(data)
+        except OSError as exc:
+            stream.failure = exc
+            return False
+        stream.last_write = now
+        self._delivered += len(batch)
+        if sent < len(data):
+            stream.unsent = data[sent:]
+            return False
+        # An ended stream goes back once what was read is written: its own thread offers
+        # the rest (after a graceful shutdown) and says goodbye.
+        return subscription.end_reason is None
 
 
 # -- sockets ----------------------------------------------------------------------------
@@ -790,6 +963,7 @@ class DaemonServerMixin:
         self.services = services
         self.reaper = Reaper()
         self.refuser = Refuser()
+        self.live_tail = LiveTail(services.bus, services.metrics, services.limits.heartbeat_s)
         self.in_flight = InFlight()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -825,6 +999,7 @@ class DaemonServerMixin:
         super().server_close()  # type: ignore[misc]
         self.reaper.stop()
         self.refuser.stop()
+        self.live_tail.stop()
 
     def stop_accepting(self) -> None:
         """Stop the accept loop now rather than at its next poll tick."""
