@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Running, cli, short_tmpdir, spawn_daemon, wait_for
 from fakes.frontend import FAKES, Watcher, client_of, wait_state
+from test_sse import check_exact, publish, stalled_reader
 
 MB = 1 << 20
 PING = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
@@ -401,6 +402,7 @@ def fuzz_source(n: int) -> str:
     return f"127.0.0.{2 + n % 250}"
 
 
+@pytest.mark.slow
 def test_fuzzed_raw_http_requests_never_break_the_daemon(target):
     log_from = log_size(target)
     address = host_port(target)
@@ -444,6 +446,7 @@ def check_rpc_reply(reply: requests.Response, body: bytes) -> None:
             assert item["error"]["code"] != -32603, f"internal error for {body[:300]!r}: {item}"
 
 
+@pytest.mark.slow
 def test_fuzzed_json_rpc_envelopes_get_valid_answers_and_never_an_internal_error(target):
     log_from = log_size(target)
     session = requests.Session()
@@ -561,6 +564,64 @@ def test_over_the_cap_a_new_client_gets_its_503_at_once(subprocess_daemon):
         close_all(flood)
 
 
+def catch_up(sock: socket.socket, last_n: int) -> list[dict]:
+    """test_sse.read_until_event for megabytes: each received byte is searched once."""
+    sock.settimeout(5)
+    received, marker, found_at = bytearray(), f'"n":{last_n},'.encode(), -1
+    while found_at < 0 or b"\n\n" not in received[found_at:]:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "stream closed"
+        search_from = max(0, len(received) - len(marker))
+        received += chunk
+        if found_at < 0:
+            found_at = received.find(marker, search_from)
+    return [json.loads(line[6:]) for line in received.decode(errors="replace").splitlines()
+            if line.startswith("data: ")]
+
+
+@pytest.mark.slow
+def test_fifty_subscribers_that_never_read_cost_bounded_memory_and_no_latency(subprocess_daemon):
+    running = start_tcp(subprocess_daemon)
+    before = settled(running)
+    lazy = [stalled_reader(running) for _ in range(50)]
+    with Probe(running, fresh=False) as kept:
+        publish(running, 1500, pad="x" * 5000)  # 7.5 MB: far more than the stalled sockets' buffers
+        during = usage(running.process.pid)
+    print(f"\n50 stalled subscribers, 7.5 MB published: {during}, peak growth {during.peak_growth_mb(before):.1f} MB")
+    kept.check("ping while 50 subscribers stall", min_pings=5)
+    assert during.peak_growth_mb(before) < 64, f"{before} -> {during}"
+    # Nothing lost for them (test_sse has the detail): the first and the last catch up exactly.
+    for sock in (lazy[0], lazy[-1]):
+        assert check_exact(catch_up(sock, 1499), 1500) is False
+    close_all(lazy)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a replaying /events stream renders a whole page (512 events) into one write: "
+                                       "a subscriber that never reads pins that page about three times over "
+                                       "(str, bytes, chunk framing), ~80 MB each for 60 KB events (5 -> 400 MB)")
+def test_late_subscribers_that_never_read_their_replay_cost_bounded_memory(subprocess_daemon):
+    running = start_tcp(subprocess_daemon)
+    for start in range(0, 600, 10):  # 36 MB of history, in bodies under the 1 MiB limit
+        publish_range = [{"jsonrpc": "2.0", "method": "echo.ping", "params": {"n": n, "pad": "x" * 60000}, "id": n}
+                         for n in range(start, start + 10)]
+        assert running.post(publish_range).status_code == 200
+    before = settled(running)
+    lazy = [stalled_reader(running) for _ in range(5)]
+    previous = [0]
+
+    def stopped_growing():
+        now = usage(running.process.pid).rss_kb
+        steady, previous[0] = abs(now - previous[0]) < 1024, now
+        return steady
+
+    wait_for(stopped_growing, 10, interval=0.5, message="the five streams to stall")
+    after = usage(running.process.pid)
+    print(f"\n5 subscribers stalled in a replay of 36 MB: {after}, growth {after.peak_growth_mb(before):.1f} MB")
+    assert after.peak_growth_mb(before) < 5 * 8, f"{before} -> {after}"
+    close_all(lazy)
+
+
 # -- huge bodies -------------------------------------------------------------------------------
 def upload(address: tuple[str, int], head: bytes, chunks, answer_timeout: float = 10.0) -> tuple[bytes, int]:
     """Send ``head`` then ``chunks`` from a thread while reading the answer like a client that
@@ -626,7 +687,7 @@ def test_a_negative_chunk_size_is_a_400_and_not_a_read_to_the_end(subprocess_dae
     before = settled(running)
     head = f"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth_lines(running)}Transfer-Encoding: chunked\r\n\r\n"
     body = [b"-1\r\n"] + [b"x" * MB] * 30
-    answer, sent = upload(host_port(running), head.encode(), body, answer_timeout=3)
+    answer, sent = upload(host_port(running), head.encode(), body, answer_timeout=1.5)
     after = usage(running.process.pid)
     assert after.peak_growth_mb(before) < 8, f"{before} -> {after}"
     response, _ = parse_response(answer)
@@ -722,7 +783,7 @@ def test_a_runtimes_output_does_not_grow_the_daemons_memory_with_its_size(subpro
     watcher.close()
     after = usage(running.process.pid)
     print(f"\n90 MB of runtime output: peak RSS growth {after.peak_growth_mb(before):.1f} MB")
-    assert after.peak_growth_mb(before) < 48, f"{before} -> {after}"
+    assert after.peak_growth_mb(before) < 64, f"{before} -> {after}"
 
 
 # -- a full disk and a read-only data dir (real filesystems) -------------------------------------
