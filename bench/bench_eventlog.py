@@ -64,9 +64,10 @@ def subscriber(bus: EventBus, delivered: list[int], index: int) -> None:
             pass
 
 
-def publish_run(events: int, publishers: int, subscribers: int, synchronous: str = "normal") -> dict:
+def publish_run(events: int, publishers: int, subscribers: int, synchronous: str = "normal", batch: int = 1) -> dict:
     """``publishers`` threads publish ``events`` in total through the bus, each call waiting
-    until its event is durable, as an RPC handler does."""
+    until its event is durable, as an RPC handler does; with ``batch`` > 1 each call is one
+    ``publish_many`` of that many events (a runtime's burst of output)."""
     root = fresh_dir()
     store = SqliteEventStore(root / "daemon.db", synchronous=synchronous)
     bus = EventBus(store)
@@ -77,8 +78,13 @@ def publish_run(events: int, publishers: int, subscribers: int, synchronous: str
     per_thread = events // publishers
 
     def publish() -> None:
-        for seq in range(per_thread):
-            bus.publish("text_chunk", {**CHUNK, "seq": seq}, session_id="s_bench", originator=ORIGINATOR)
+        if batch == 1:
+            for seq in range(per_thread):
+                bus.publish("text_chunk", {**CHUNK, "seq": seq}, session_id="s_bench", originator=ORIGINATOR)
+            return
+        for start in range(0, per_thread, batch):
+            bus.publish_many([("text_chunk", {**CHUNK, "seq": seq}) for seq in range(start, min(per_thread, start + batch))],
+                             session_id="s_bench", originator=ORIGINATOR)
 
     threads = [threading.Thread(target=publish) for _ in range(publishers)]
     cpu, wall = time.process_time(), time.perf_counter()
@@ -104,15 +110,18 @@ def publish_run(events: int, publishers: int, subscribers: int, synchronous: str
 
 
 def bench_publish(events: int) -> None:
-    configurations = [("one transaction per event (a lone publisher)", 1), ("group commit, 16 publishers", 16),
-                      ("group commit, 64 publishers", 64)]
+    configurations = [("one transaction per event (a lone publisher)", 1, 1), ("group commit, 16 publishers", 16, 1),
+                      ("group commit, 64 publishers", 64, 1),
+                      ("group commit, batched: publish_many of 100, 4 publishers", 4, 100),
+                      ("group commit, batched: publish_many of 1000, a lone publisher", 1, 1000)]
     for subscribers in (0, 16, 64):
-        for mode, publishers in configurations:
+        for mode, publishers, batch in configurations:
             progress(f"publish: {mode}, {subscribers} subscribers")
-            count = events // 4 if publishers == 1 else events
-            emit({"bench": "eventlog_publish", "mode": mode, "publisher_threads": publishers,
+            # A lone unbatched publisher is slow; batched ones are fast enough for more events.
+            count = events * 5 if batch > 1 else events // 4 if publishers == 1 else events
+            emit({"bench": "eventlog_publish", "mode": mode, "publisher_threads": publishers, "batch": batch,
                   "subscribers": subscribers, "synchronous": "normal",
-                  **publish_run(count, publishers, subscribers)})
+                  **publish_run(count, publishers, subscribers, batch=batch)})
     progress("publish: group commit, 16 publishers, synchronous=full")
     emit({"bench": "eventlog_publish", "mode": "group commit, 16 publishers", "publisher_threads": 16,
           "subscribers": 0, "synchronous": "full", **publish_run(events, 16, 0, "full")})

@@ -329,19 +329,22 @@ class SqliteEventStore:
         self._on_visible = on_visible
 
     def append(self, event: Event) -> None:
-        row = event_row(event)  # encoded here, so that bad data fails its publisher, not a batch
+        self.append_many((event,))
+
+    def append_many(self, events: Sequence[Event]) -> None:
+        rows = [event_row(event) for event in events]  # encoded here: bad data fails its publisher, not a batch
         with self._lock:
             if self._failure is not None:
                 raise EventNotDurable(f"the event log cannot store events: {self._failure}")
             if self._closing:
                 raise EventNotDurable("the event log is closed")
-            if event.id != self._assigned + 1:
-                raise ValueError(f"event id {event.id} does not follow {self._assigned}")
+            if events[0].id != self._assigned + 1 or events[-1].id != events[0].id + len(events) - 1:
+                raise ValueError(f"event ids {events[0].id}..{events[-1].id} do not follow {self._assigned}")
             if not self._pending_rows:
                 self._pending_due_at = time.monotonic() + self._maintenance_interval_s
-            self._pending_events.append(event)
-            self._pending_rows.append(row)
-            self._assigned = event.id
+            self._pending_events.extend(events)
+            self._pending_rows.extend(rows)
+            self._assigned = events[-1].id
 
     def last_assigned_id(self) -> int:
         return self._assigned

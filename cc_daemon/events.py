@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 #: Synthetic event types: produced per subscriber, never stored.
 GAP = "gap"
@@ -127,6 +127,10 @@ class EventStore(Protocol):
         held: it must not block on I/O."""
         ...
 
+    def append_many(self, events: Sequence[Event]) -> None:
+        """``append`` for consecutive events, all or none."""
+        ...
+
     def last_assigned_id(self) -> int: ...
 
     def last_id(self) -> int:
@@ -172,10 +176,14 @@ class MemoryEventStore:
         self._lock = threading.Lock()
 
     def append(self, event: Event) -> None:
+        self.append_many((event,))
+
+    def append_many(self, events: Sequence[Event]) -> None:
         with self._lock:
-            assert event.id == self._last + 1, "ids must be contiguous"
-            self._slots[event.id % self._capacity] = event
-            self._last = event.id
+            for event in events:
+                assert event.id == self._last + 1, "ids must be contiguous"
+                self._slots[event.id % self._capacity] = event
+                self._last = event.id
 
     def last_assigned_id(self) -> int:
         return self._last
@@ -262,18 +270,29 @@ class EventBus:
                 originator: Originator | None = None) -> Event:
         """Publish an event; returns once the store made it visible (durable, for a durable
         store), so an acknowledged call never loses its event."""
+        return self.publish_many([(type, data)], session_id=session_id, originator=originator)[0]
+
+    def publish_many(self, items: Iterable[tuple[str, dict[str, Any]]], *, session_id: str | None = None,
+                     originator: Originator | None = None) -> list[Event]:
+        """Publish ``(type, data)`` pairs as consecutive events, all or none, with one wait for
+        the store: a burst (a runtime's output) costs one commit and one wake-up, not one per
+        event. Returns once every one of them is visible (durable)."""
         with self._cond:
             if self._closed:
                 raise BusClosed("event bus is closed")
-            event = Event(self._store.last_assigned_id() + 1, self._clock(), type, data, session_id, originator)
-            self._store.append(event)
-            # A durable store makes the event visible later and wakes the readers itself
+            first_id, now = self._store.last_assigned_id() + 1, self._clock()
+            events = [Event(first_id + offset, now, type, data, session_id, originator)
+                      for offset, (type, data) in enumerate(items)]
+            if not events:
+                return events
+            self._store.append_many(events)
+            # A durable store makes events visible later and wakes the readers itself
             # (``attach``); waking them now too would only make every one of them look twice.
-            if self._store.last_id() >= event.id:
+            if self._store.last_id() >= events[-1].id:
                 self._notify()
-        if not self._store.wait_visible(event.id, self._durable_timeout_s):
-            raise EventNotDurable(f"event {event.id} could not be stored")
-        return event
+        if not self._store.wait_visible(events[-1].id, self._durable_timeout_s):
+            raise EventNotDurable(f"events {first_id}..{events[-1].id} could not be stored")
+        return events
 
     def last_id(self) -> int:
         with self._cond:
