@@ -641,6 +641,11 @@ def first(values: list[str] | None) -> str | None:
     return values[0] if values else None
 
 
+def item_id(item: Event | Gap) -> int:
+    """The id a reader's cursor stands at once ``item`` is delivered."""
+    return item.missed_to if isinstance(item, Gap) else item.id
+
+
 def render_frame(event_id: int | None, event_type: str, data_json: str) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event_type}\ndata: {data_json}\n\n"
@@ -648,6 +653,11 @@ def render_frame(event_id: int | None, event_type: str, data_json: str) -> str:
 
 class SseWriter:
     """Writes SSE text to a socket, framed as HTTP/1.1 chunks (or raw for HTTP/1.0)."""
+
+    #: A batch goes out in writes of about this much: a reader that stops reading then pins
+    #: one such piece in its stream's thread, not a whole page of events rendered (str,
+    #: bytes and chunk framing: three copies of up to 512 events).
+    WRITE_CHARS = 64 * 1024
 
     def __init__(self, wfile, sock: socket.socket, chunked: bool, viewer: Caller):
         self._wfile = wfile
@@ -659,18 +669,31 @@ class SseWriter:
         data = text.encode("utf-8")
         return b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
 
-    def encode_events(self, batch: list[Event | Gap]) -> bytes:
-        frames = []
+    def encode_events(self, batch: list[Event | Gap]) -> tuple[bytes, int]:
+        """The frames of the first items of ``batch``, about ``WRITE_CHARS`` at most (at least
+        one item), and how many items that is."""
+        frames: list[str] = []
+        size = 0
         for item in batch:
-            event = item.as_event(time.time()) if isinstance(item, Gap) else item
-            frames.append(render_frame(event.id, event.type, event.to_json(self._viewer)))
-        return self.encode("".join(frames))
+            frame = self._frame(item)
+            frames.append(frame)
+            size += len(frame)
+            if size >= self.WRITE_CHARS:
+                break
+        return self.encode("".join(frames)), len(frames)
+
+    def _frame(self, item: Event | Gap) -> str:
+        event = item.as_event(time.time()) if isinstance(item, Gap) else item
+        return render_frame(event.id, event.type, event.to_json(self._viewer))
 
     def send(self, text: str) -> None:
         self._wfile.write(self.encode(text))
 
     def send_events(self, batch: list[Event | Gap]) -> None:
-        self._wfile.write(self.encode_events(batch))
+        while batch:
+            data, count = self.encode_events(batch)
+            self._wfile.write(data)
+            batch = batch[count:]
 
     def send_bytes(self, data: bytes) -> None:
         self._wfile.write(data)
@@ -737,6 +760,7 @@ class LiveTail:
         self._arrivals: list[LiveStream] = []
         self._streams: list[LiveStream] = []  # only the live-tail thread touches this list
         self._delivered = 0  # events written in the current pass
+        self._rewound = False  # a stream of this pass left events unread
         self._stopped = False
         self._thread: threading.Thread | None = None
         bus.add_listener(self._on_news)
@@ -801,6 +825,10 @@ class LiveTail:
             # between their last read and their arrival here.
             self._streams = [stream for stream in self._streams if self._advance(stream, now, news, heartbeat)]
             self._streams.extend(stream for stream in arrivals if self._advance(stream, now, True, heartbeat))
+            if self._rewound:  # some stream has more to read than one write took: another pass
+                self._rewound = False
+                with self._cond:
+                    self._news = True
             if self._delivered:
                 self._metrics.inc("ccd_events_delivered_total", self._delivered)
                 self._delivered = 0
@@ -819,7 +847,11 @@ class LiveTail:
         except SubscriptionEnded:
             return False  # its own thread ends the stream
         if batch:
-            data = stream.writer.encode_events(batch)
+            data, count = stream.writer.encode_events(batch)
+            if count < len(batch):  # the rest next pass: a stalled reader pins one write, not a page
+                subscription.rewind(item_id(batch[count - 1]))
+                self._rewound = True
+            batch = batch[:count]
         elif heartbeat and now - stream.last_write >= self._heartbeat_s * 0.75:
             data = stream.writer.encode(":\n\n")
         else:
