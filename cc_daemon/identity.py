@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -26,8 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .events import Originator
-from .state import RecordTable
+from .state import RecordsNotStored, RecordTable
 from .storage import atomic_write
+
+log = logging.getLogger("cc_daemon.identity")
 
 CLIENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CLIENT_KIND_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
@@ -126,15 +129,26 @@ class ClientRegistry:
         with self._lock:
             return len(self._known)
 
-    def flush(self) -> None:
-        """Write what changed since the last write, in one transaction."""
+    def flush(self) -> bool:
+        """Write what changed since the last write, in one transaction. When the store
+        refuses (disk full), the changes stay pending for the next flush and requests go on
+        being served: an id that is not on disk yet only fails to survive a restart."""
         with self._lock:
             self._expire_idle()
             upserts = {key: asdict(self._known[key]) for key in self._changed if key in self._known}
             removed = self._removed - set(upserts)
             self._changed, self._removed = set(), set()
-        if self._table is not None:
+        if self._table is None:
+            return True
+        try:
             self._table.write(upserts, removed)
+        except RecordsNotStored as exc:
+            with self._lock:
+                self._changed.update(upserts)
+                self._removed.update(key for key in removed if key not in self._known)
+            log.warning("client registry not written (%s); kept in memory and retried at the next flush", exc)
+            return False
+        return True
 
     # -- internals --------------------------------------------------------------------------
     def _caller(self, client_id: str, record: ClientRecord, transport: str, peer: str) -> Caller:

@@ -17,6 +17,7 @@ register ``on_resolved``).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -26,8 +27,10 @@ from typing import Any, Callable
 
 from .events import EventBus, Originator
 from .rpc import NOT_ORIGINATOR, UNKNOWN_REQUEST, RpcError
-from .state import RecordTable
+from .state import RecordsNotStored, RecordTable
 from .timers import Scheduler, TimerHandle
+
+log = logging.getLogger("cc_daemon.permissions")
 
 INTERACTIVE_TIMEOUT_S = 1800.0
 UNATTENDED_TIMEOUT_S = 300.0
@@ -90,6 +93,8 @@ class PermissionStore:
                  monotonic=time.monotonic):
         self._bus = bus
         self._table = table
+        #: Resolved requests whose record the store refused to delete; retried with each write.
+        self._undeleted: set[str] = set()
         self._scheduler = scheduler
         self._max_resolved = max_resolved
         self._max_lifetime_s = max_lifetime_s
@@ -116,8 +121,8 @@ class PermissionStore:
             originator=originator, created_at=now, expires_at=now + min(timeout_s, self._max_lifetime_s),
             mode=mode, session_id=session_id, turn_id=turn_id)
         with self._lock:
+            self._save(request)  # first: a request the store refused never exists (-32003)
             self._pending[request.request_id] = request
-            self._save(request)
             self._arm(request)
         self._bus.publish("permission_request", {**request.summary(), "mode": mode, "turn_id": turn_id},
                           session_id=session_id, originator=originator)
@@ -138,10 +143,14 @@ class PermissionStore:
         with self._lock:
             request = self._pending_for(request_id, caller)
             cap = request.created_at + self._max_lifetime_s
-            request.expires_at = min(request.expires_at + extend_s, cap)
+            previous, request.expires_at = request.expires_at, min(request.expires_at + extend_s, cap)
+            try:
+                self._save(request)
+            except RecordsNotStored:
+                request.expires_at = previous  # refused: the old deadline stands, as the store says
+                raise
             if request.timer is not None:
                 request.timer.cancel()
-            self._save(request)
             self._arm(request)
         self._bus.publish("permission_timeout_extended",
                           {"request_id": request_id, "expires_at": request.expires_at},
@@ -231,7 +240,22 @@ class PermissionStore:
 
     def _save(self, request: PermissionRequest) -> None:
         if self._table is not None:
-            self._table.write({request.request_id: request.record()})
+            self._table.write({request.request_id: request.record()}, self._undeleted)
+            self._undeleted.clear()
+
+    def _forget_record(self, request_id: str) -> None:
+        """Delete a resolved request's record. The resolution stands even when the store
+        refuses: the delete is retried with the next write, and until then a restart would
+        find the record and cancel it (its runtime is gone) or re-arm it."""
+        if self._table is None:
+            return
+        self._undeleted.add(request_id)
+        try:
+            self._table.write(deletes=self._undeleted)
+        except RecordsNotStored as exc:
+            log.warning("permission request %s resolved, but its record is not deleted yet (%s)", request_id, exc)
+            return
+        self._undeleted.clear()
 
     def _arm(self, request: PermissionRequest) -> None:
         delay = request.expires_at - self._clock()
@@ -255,8 +279,7 @@ class PermissionStore:
         request.answer = answer
         request.resolved_at = self._clock()
         del self._pending[request.request_id]
-        if self._table is not None:
-            self._table.write(deletes=[request.request_id])
+        self._forget_record(request.request_id)
         self._resolved[request.request_id] = request
         while len(self._resolved) > self._max_resolved:
             self._resolved.popitem(last=False)

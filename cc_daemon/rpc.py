@@ -156,7 +156,7 @@ class Registry:
 
     def __init__(self) -> None:
         #: Service exceptions that mean something to a client, and the error each becomes.
-        self._translations: dict[type[Exception], Callable[[Exception], RpcError]] = {}
+        self._translations: dict[type[Exception], Callable[[Exception], RpcError | None]] = {}
         self._methods: dict[str, Method] = {}
 
     def add(self, method: Method) -> None:
@@ -181,15 +181,15 @@ class Registry:
 
         return register
 
-    def translate(self, exception: type[Exception], to_error: Callable[[Exception], RpcError]) -> None:
+    def translate(self, exception: type[Exception], to_error: Callable[[Exception], RpcError | None]) -> None:
         """Answer ``exception`` (and its subclasses) escaping any handler with ``to_error(exc)``
-        instead of an anonymous internal error."""
+        instead of an anonymous internal error (unless it returns None for that instance)."""
         self._translations[exception] = to_error
 
     def translated(self, exc: Exception) -> RpcError | None:
         for kind in type(exc).__mro__:
-            if kind in self._translations:
-                return self._translations[kind](exc)
+            if kind in self._translations and (error := self._translations[kind](exc)) is not None:
+                return error
         return None
 
     def get(self, name: str) -> Method | None:

@@ -12,6 +12,7 @@ created or resolved, not per request.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +30,10 @@ def migrations(table: str) -> tuple[tuple[str, ...], ...]:
 
 #: The newest schema version of each record table, for ``daemon doctor``.
 SCHEMA_VERSIONS = {table: len(migrations(table)) for table in TABLES}
+
+
+class RecordsNotStored(RuntimeError):
+    """A change set could not be written (disk full, read-only, I/O error); nothing of it was."""
 
 
 class RecordTable:
@@ -57,18 +62,26 @@ class RecordTable:
         deletes = list(deletes)
         if not upserts and not deletes:
             return
+        rows = [(key, json.dumps(record, separators=(",", ":"))) for key, record in upserts.items()]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    f"INSERT INTO {self._table} (key, record) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET record = excluded.record",
-                    [(key, json.dumps(record, separators=(",", ":"))) for key, record in upserts.items()])
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(f"INSERT INTO {self._table} (key, record) VALUES (?, ?) "
+                                     "ON CONFLICT (key) DO UPDATE SET record = excluded.record", rows)
                 self._db.executemany(f"DELETE FROM {self._table} WHERE key = ?", [(key,) for key in deletes])
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._roll_back()
+                raise RecordsNotStored(f"{self._table}: {type(exc).__name__}: {exc}") from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._roll_back()
                 raise
+
+    def _roll_back(self) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL does): a second
+        # ROLLBACK would fail and hide the real error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,11 @@ import pytest
 
 from cc_daemon.client import InvalidParams, NotOriginator, UnknownRequest
 from cc_daemon.daemon import Daemon, DaemonOptions
-from cc_daemon.events import Originator
+from cc_daemon.events import EventBus, Originator
+from cc_daemon.permissions import PermissionStore
+from cc_daemon.state import RecordsNotStored, RecordTable
 from cc_daemon.storage import DataDir
+from cc_daemon.timers import Scheduler
 from cc_daemon.transport import ListenAddress
 from conftest import cli, wait_for
 
@@ -139,9 +142,10 @@ def test_pending_requests_survive_a_restart(subprocess_daemon):
     daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
     alice = daemon.client("repl")
     kept = alice.call("permission.demo", tool="Write", input={"path": "a.txt"}, rationale="save")
-    expiring = alice.call("permission.demo", timeout_s=0.5)
+    expiring = alice.call("permission.demo", timeout_s=3)
     assert cli("daemon", "stop", "--data-dir", str(daemon.data_dir)).returncode == 0
-    wait_for(lambda: time.time() > expiring["expires_at"] + 0.1, 5, message="deadline passes while down")
+    assert time.time() < expiring["expires_at"], "the daemon took too long to stop for this test's premise"
+    wait_for(lambda: time.time() > expiring["expires_at"] + 0.1, 10, message="deadline passes while down")
     again = subprocess_daemon("--listen", "tcp://127.0.0.1:0", data_dir=daemon.data_dir)
     resumed = again.client("repl")
     resumed.client_id = alice.client_id
@@ -182,3 +186,36 @@ def read_all(daemon) -> list:
         events.extend(batch)
     subscription.close()
     return events
+
+
+class RefusingTable(RecordTable):
+    """A record table on a disk that fills up and frees again on command."""
+
+    def __init__(self, database):
+        super().__init__(database, "permission_requests")
+        self.full = False
+
+    def write(self, upserts=None, deletes=()):
+        if self.full:
+            raise RecordsNotStored("permission_requests: OperationalError: database or disk is full")
+        super().write(upserts, deletes)
+
+
+def test_a_full_store_refuses_new_requests_whole_and_never_undoes_an_answer(tmp_path):
+    table = RefusingTable(tmp_path / "daemon.db")
+    scheduler = Scheduler()
+    store = PermissionStore(EventBus(), scheduler, table=table)
+    alice = Originator("a" * 64, "r" * 16, "repl")
+    kept = store.create(alice, "Bash", {"command": "ls"})
+    table.full = True
+    with pytest.raises(RecordsNotStored):
+        store.create(alice, "Bash", {"command": "rm"})
+    assert store.pending_count() == 1  # the refused request does not half-exist
+    caller = type("Caller", (), {"client_key": alice.client_key})()
+    store.answer(kept.request_id, caller, {"approve": True})  # answered, though its record stays for now
+    assert store.pending_count() == 0 and kept.request_id in table.load()
+    table.full = False
+    store.create(alice, "Bash", {"command": "pwd"})  # the next write takes the pending delete along
+    assert kept.request_id not in table.load() and len(table.load()) == 1
+    scheduler.stop()
+    table.close()

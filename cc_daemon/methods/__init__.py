@@ -9,6 +9,7 @@ transport: the caller arrives as ``Call.caller`` (an ``identity.Caller``).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,7 @@ from ..identity import ClientRegistry
 from ..permissions import PermissionStore
 from ..rpc import STORAGE_UNAVAILABLE, Registry, RpcError
 from ..sessions import SessionManager
+from ..state import RecordsNotStored
 
 
 @dataclass
@@ -47,11 +49,21 @@ def build_registry(context: MethodContext) -> Registry:
     events.register(registry, context)
     session.register(registry, context)
     registry.translate(EventNotDurable, storage_unavailable)
+    registry.translate(RecordsNotStored, storage_unavailable)
+    registry.translate(OSError, data_dir_unavailable)
     return registry
 
 
+#: What a full, read-only or failing data dir raises, as opposed to a bug.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
 def storage_unavailable(exc: Exception) -> RpcError:
-    # Whatever the method did, its event is not durable, so the call is not acknowledged:
-    # the client must know to retry once the operator has fixed the store (/readyz says when).
+    # Whatever the method did was not stored, so the call is not acknowledged: the client
+    # must know to retry once the operator has fixed the store (/readyz says when).
     return RpcError(STORAGE_UNAVAILABLE, "Storage unavailable",
                     {"reason": str(exc), "retry": "when /readyz answers 200"})
+
+
+def data_dir_unavailable(exc: Exception) -> RpcError | None:
+    return storage_unavailable(exc) if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS else None
