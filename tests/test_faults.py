@@ -597,9 +597,6 @@ def test_fifty_subscribers_that_never_read_cost_bounded_memory_and_no_latency(su
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a replaying /events stream renders a whole page (512 events) into one write: "
-                                       "a subscriber that never reads pins that page about three times over "
-                                       "(str, bytes, chunk framing), ~80 MB each for 60 KB events (5 -> 400 MB)")
 def test_late_subscribers_that_never_read_their_replay_cost_bounded_memory(subprocess_daemon):
     running = start_tcp(subprocess_daemon)
     for start in range(0, 600, 10):  # 36 MB of history, in bodies under the 1 MiB limit
@@ -910,10 +907,6 @@ def test_a_really_full_disk_refuses_publishing_clearly_loses_nothing_and_recover
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a full disk makes ClientRegistry.resolve -> flush -> RecordTable.write raise "
-                                       "in RequestHandler._caller, outside any error handling: the connection is "
-                                       "closed without an answer (and RecordTable.write's unconditional ROLLBACK "
-                                       "masks SQLITE_FULL with 'cannot rollback - no transaction is active')")
 def test_a_full_disk_never_drops_a_request_without_an_answer(small_fs, subprocess_daemon):
     root = small_fs(4)
     running = start_tcp(subprocess_daemon, data_dir=root)
@@ -929,9 +922,6 @@ def test_a_full_disk_never_drops_a_request_without_an_answer(small_fs, subproces
     assert reply.status_code == 200 and reply.json()["result"] == "pong", reply.text
 
 
-@pytest.mark.xfail(strict=True, reason="an OSError from a full or read-only data dir (here atomic_write of the "
-                                       "new token) is answered -32603 'Internal error' with only an error_id, "
-                                       "not -32003 'Storage unavailable' with the reason, as the event log's are")
 @pytest.mark.parametrize("failure", ["full", "read-only"])
 def test_a_failing_data_dir_is_named_in_the_rpc_error(small_fs, subprocess_daemon, failure):
     root = small_fs(4)
