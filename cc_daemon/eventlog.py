@@ -84,16 +84,16 @@ class SchemaTooNew(EventLogError):
 
 
 # -- the database file ----------------------------------------------------------------------
-def open_database(path: Path, *, synchronous: str = "normal", read_only: bool = False,
-                  create: bool = True) -> sqlite3.Connection:
+def open_database(path: Path, *, synchronous: str = "normal", read_only: bool = False) -> sqlite3.Connection:
     """A connection to the daemon's database with the settings every user of it shares.
 
     Autocommit mode (``isolation_level=None``): transactions are the caller's explicit
     ``BEGIN`` / ``COMMIT``, never opened behind its back. Usable from one thread at a time.
     A writable open creates the file private (0600) and puts it in WAL mode, so that
-    readers never block the writer and the writer never blocks readers. ``create=False``
-    opens a file this process already has open without touching it outside SQLite (closing
-    any descriptor of it would drop the process's POSIX locks on it).
+    readers never block the writer and the writer never blocks readers. An existing file is
+    never opened outside SQLite: closing any other descriptor of it would drop every POSIX
+    lock this process holds on it, and another process closing its connection would then
+    take itself for the last user and delete the WAL under the daemon.
     """
     if synchronous not in SYNC_MODES:
         raise ValueError(f"synchronous must be one of {SYNC_MODES}")
@@ -104,8 +104,10 @@ def open_database(path: Path, *, synchronous: str = "normal", read_only: bool = 
                                  check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             db.execute("PRAGMA query_only = ON")
             return db
-        if create:
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # private from its first byte
+        try:  # private from its first byte
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # an existing file is only ever opened through SQLite (see above)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -622,7 +624,7 @@ class SqliteEventStore:
         it), restarting the WAL once it is long; runs without the lock."""
         try:
             if self._checkpointer is None:
-                self._checkpointer = open_database(self.path, synchronous=self.synchronous, create=False)
+                self._checkpointer = open_database(self.path, synchronous=self.synchronous)
             _, wal_pages, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if wal_pages >= self.CHECKPOINT_RESTART_PAGES:
                 self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()

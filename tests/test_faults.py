@@ -978,11 +978,6 @@ def test_a_read_only_data_dir_stops_the_start_with_a_clear_message_and_nothing_i
     assert set(published_seqs(running).values()) == {"kept"}
 
 
-@pytest.mark.xfail(strict=True, reason="eventlog.open_database opens and closes an existing daemon.db with os.open/"
-                                       "os.close, which drops every POSIX lock the process holds on it (SQLite's "
-                                       "SHARED lock): another process closing its connection (the sqlite3 CLI, a "
-                                       "backup) then takes itself for the last user and deletes the WAL and -shm "
-                                       "under the running daemon; what it acknowledges next is lost on kill -9")
 def test_another_process_reading_the_database_costs_no_acknowledged_event(subprocess_daemon):
     running = start_tcp(subprocess_daemon)
     acknowledged = [f"before-{i}" for i in range(10) if "result" in running.rpc("echo.ping", {"seq": f"before-{i}"})]
