@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError, best_match
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 log = logging.getLogger("cc_daemon.rpc")
 
@@ -98,12 +99,14 @@ class Method:
     errors: tuple[ErrorSpec, ...] = ()
     #: Param names in the order by-position params bind to; empty: by-name only.
     positional: tuple[str, ...] = ()
-    validator: Draft202012Validator = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        # Schemas are checked against the meta-schema by the test suite, not here: doing it
-        # at every start would cost most of the daemon's cold-start time.
-        self.validator = Draft202012Validator(self.params, format_checker=FormatChecker())
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        """Built at the first call that needs it. Importing jsonschema costs ~100 ms and ~5 MB,
+        most of a cold start; schemas are checked against the meta-schema by the test suite."""
+        from jsonschema import Draft202012Validator, FormatChecker
+
+        return Draft202012Validator(self.params, format_checker=FormatChecker())
 
     def bind(self, raw: Any) -> dict[str, Any]:
         """Turn raw ``params`` (absent, object or array) into a validated dict."""
@@ -115,6 +118,8 @@ class Method:
             params = self._bind_positional(raw)
         if not params and self.accepts_no_params:
             return params
+        from jsonschema.exceptions import best_match  # loaded with the validator
+
         error = best_match(self.validator.iter_errors(params))
         if error is not None:
             raise invalid_params(error)
@@ -123,7 +128,11 @@ class Method:
     @cached_property
     def accepts_no_params(self) -> bool:
         """Whether ``{}`` is valid, decided once: many calls (``system.ping``...) carry no params,
-        and running the validator costs more than the rest of such a call."""
+        and running the validator costs more than the rest of such a call. For a plain
+        ``object_schema`` the answer is read off the schema (valid unless a property is
+        required), so that calls without params never need jsonschema loaded."""
+        if self.params.get("type") == "object" and set(self.params) <= PLAIN_OBJECT_KEYWORDS:
+            return not self.params.get("required")
         return self.validator.is_valid({})
 
     def _bind_positional(self, values: list[Any]) -> dict[str, Any]:
@@ -133,6 +142,10 @@ class Method:
                            f"Invalid params: {self.name} takes at most {len(expected)} positional params",
                            {"positional": expected, "got": len(values)})
         return dict(zip(self.positional, values))
+
+
+#: Keywords that say nothing about an empty object beyond "is an object" and "required".
+PLAIN_OBJECT_KEYWORDS = frozenset({"type", "properties", "additionalProperties", "required"})
 
 
 def invalid_params(error: ValidationError) -> RpcError:
@@ -302,7 +315,7 @@ class Dispatcher:
             if translated is not None:
                 log.warning("%s failed: %s", method_name, translated.message)
                 raise translated from None
-            error_id = uuid.uuid4().hex[:12]
+            error_id = secrets.token_hex(6)
             log.exception("internal error in %s (error_id=%s)", method_name, error_id)
             raise RpcError(INTERNAL_ERROR, "Internal error", {"error_id": error_id}) from None
 
