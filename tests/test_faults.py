@@ -679,9 +679,6 @@ def test_a_streamed_100_mb_body_is_refused_early_with_413_json_and_never_buffere
     assert ping_ok(requests.Session(), running)
 
 
-@pytest.mark.xfail(strict=True, reason="RequestHandler._read_chunked parses chunk sizes with int(x, 16), which "
-                                       "accepts '-1': rfile.read(-1) then buffers the rest of the stream in memory "
-                                       "until the client closes (the RSS grows by the size of the upload)")
 def test_a_negative_chunk_size_is_a_400_and_not_a_read_to_the_end(subprocess_daemon):
     running = start_tcp(subprocess_daemon)
     before = settled(running)

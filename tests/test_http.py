@@ -103,7 +103,7 @@ def test_huge_declared_body_is_refused_without_reading_it(daemon):
     sock.close()
 
 
-@pytest.mark.parametrize("length", ["abc", "-5"])
+@pytest.mark.parametrize("length", ["abc", "-5", "+5", "1_0", "0x10", "9" * 30])
 def test_bad_content_length_is_400_json(daemon, length):
     sock = raw_connect(daemon)
     sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}Content-Length: {length}\r\n\r\n"
