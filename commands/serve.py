@@ -58,6 +58,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+#: How often the main thread wakes to run pending signal handlers.
+SIGNAL_CHECK_S = 0.2
+
+
 def options_from(args: argparse.Namespace):
     from cc_daemon.daemon import DaemonOptions
     from cc_daemon.storage import DataDir
@@ -106,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"cc_daemon listening on {daemon.address.url()} (pid {daemon.describe()['pid']})", flush=True)
     if args.print_token and daemon.tokens is not None:
         print(f"token: {options.resolved_token_path.read_text().strip()}", flush=True)
-    daemon.wait()
+    # Timed waits: Python runs signal handlers in the main thread only, and a SIGTERM the
+    # kernel hands to another thread merely sets a flag that an untimed wait never checks.
+    while not daemon.wait(SIGNAL_CHECK_S):
+        pass
     daemon.stop()
     return 0
