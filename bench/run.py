@@ -35,8 +35,8 @@ EVENTLOG_BENCH = BENCH_DIR / "bench_eventlog.py"
 #: (up to 4 MB per socket here) cannot hide how the server treats a reader that stalls.
 PAUSED_PAD_BYTES = 2048
 PAUSED_RCVBUF = 4096
-#: A cc_daemon ring this small overflows during the pause, so its ``gap`` path is exercised.
-SMALL_EVENT_BUFFER = 256
+#: A cc_daemon log this small is pruned past the paused reader, so its exact ``gap`` path is exercised.
+SMALL_RETENTION = 256
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,9 @@ def bench_sse(bench: Bench) -> None:
                 bench.emit({"bench": "sse", "server": server.name, **result.summary()})
         for server in running:
             paused_run(bench, server, "default settings")
-    with bench.servers(*bench.starters("tcp", ccd_args=("--event-buffer", str(SMALL_EVENT_BUFFER)))[:1]) as small:
-        paused_run(bench, small[0], f"--event-buffer {SMALL_EVENT_BUFFER}")
+    small_log = ("--retention-events", str(SMALL_RETENTION), "--event-buffer", str(SMALL_RETENTION))
+    with bench.servers(*bench.starters("tcp", ccd_args=small_log)[:1]) as small:
+        paused_run(bench, small[0], " ".join(small_log))
 
 
 def paused_run(bench: Bench, server: servers.Server, variant: str) -> None:
@@ -266,13 +267,18 @@ def _is_json(line: str) -> bool:
 
 
 # -- the run --------------------------------------------------------------------------------
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every number."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def machine(revision: str | None) -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "?")
     describe = ["git", "rev-parse", "--short", revision] if revision else ["git", "describe", "--always", "--dirty"]
     commit = subprocess.run(describe, capture_output=True, text=True, cwd=BENCH_DIR.parent).stdout.strip()
     return {"bench": "machine", "nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "kernel": platform.release(), "commit": commit or "?",
+            "kernel": platform.release(), "commit": commit or "?", "loadavg": load_average(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -339,9 +345,11 @@ def run(args: argparse.Namespace, plan: Plan, reference: Path | None, code: Path
     for name in SCENARIOS:
         if name in chosen:
             scenarios[name]()
+    bench.emit({"bench": "finished", "loadavg": load_average(), "run_s": round(time.monotonic() - started)})
     header = (f"# cc_daemon benchmark results\n\n"
               f"- date: {info['date']}, commit {info['commit']}, run time {time.monotonic() - started:.0f} s\n"
               f"- machine: {info['nproc']} cores, {info['cpu']}, Linux {info['kernel']}, Python {info['python']}\n"
+              f"- load average (1/5/15 min) at start {info['loadavg']}, at the end {load_average()}\n"
               f"- command: `{command}` (from the repository root)\n"
               f"- cc_daemon: {measured} (copied at start); reference: "
               f"{'cheetahclaws 3.5.89' if reference else 'not run'}; ceiling: bench/ceiling.py")
