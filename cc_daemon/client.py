@@ -150,8 +150,54 @@ class UnknownRequest(RpcCallError):
     code = -32002
 
 
-_ERRORS_BY_CODE = {cls.code: cls for cls in (ParseError, InvalidRequest, MethodNotFound, InvalidParams,
-                                              InternalError, NotOriginator, UnknownRequest)}
+class StorageUnavailable(RpcCallError):
+    """-32003: the daemon could not store the call's effect (disk full, corruption); nothing
+    was acknowledged, so the call may be retried once ``/readyz`` answers 200 again."""
+
+    code = -32003
+
+
+class SessionNotFound(RpcCallError):
+    """-32010: no session has that id (it may have been closed before a daemon restart)."""
+
+    code = -32010
+
+
+class SessionLimit(RpcCallError):
+    """-32011: the daemon already runs its maximum of concurrent sessions (``serve --max-sessions``)."""
+
+    code = -32011
+
+
+class RuntimeUnavailable(RpcCallError):
+    """-32012: the runtime is unknown or cannot start here (``data`` says why, e.g. not on PATH)."""
+
+    code = -32012
+
+
+class TurnQueueFull(RpcCallError):
+    """-32013: the session already has its maximum of queued turns; retry after one finishes."""
+
+    code = -32013
+
+
+class SessionNotAccepting(RpcCallError):
+    """-32014: the session (or the daemon, while it shuts down) takes no new work in its state."""
+
+    code = -32014
+
+
+class ApproverRefused(RpcCallError):
+    """-32015: ``session.claim_approver`` refused: wrong client kind, no ``approve_via`` delegation,
+    or another client already holds the role."""
+
+    code = -32015
+
+
+_ERRORS_BY_CODE = {cls.code: cls for cls in (
+    ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotOriginator, UnknownRequest,
+    StorageUnavailable, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
+    ApproverRefused)}
 
 
 def rpc_error(error: Any) -> RpcCallError:

@@ -17,7 +17,8 @@ import pytest
 
 from cc_daemon import API_VERSION_HEADER
 from cc_daemon.client import (Client, EventGap, InvalidParams, InvalidRequest, MethodNotFound, NoAnswer,
-                              NotOriginator, NotRunning, RateLimited, RpcCallError, Unauthenticated,
+                              NotOriginator, NotRunning, RateLimited, RpcCallError, RuntimeUnavailable,
+                              SessionLimit, SessionNotAccepting, SessionNotFound, Unauthenticated,
                               UnknownRequest, VersionMismatch, discover)
 
 from conftest import spawn_daemon, wait_for
@@ -123,6 +124,23 @@ def test_typed_errors_carry_code_message_and_data(daemon):
         with pytest.raises(UnknownRequest) as unknown:
             client.permissions.approve("pr_0000000000000000")
         assert unknown.value.data == {"request_id": "pr_0000000000000000"}
+
+
+def test_session_errors_are_typed_too(make_daemon, tmp_path):
+    running = make_daemon(max_sessions=1)
+    with connect(running) as client:
+        with pytest.raises(SessionNotFound) as missing:
+            client.sessions.get("s_nosuchsession")
+        assert missing.value.code == -32010
+        with pytest.raises(RuntimeUnavailable) as unknown:
+            client.sessions.create("no-such-runtime", tmp_path)
+        assert unknown.value.data["runtime"] == "no-such-runtime"
+        session_id = client.sessions.create("demo", tmp_path)["session_id"]
+        with pytest.raises(SessionLimit):
+            client.sessions.create("demo", tmp_path)
+        client.sessions.close(session_id)
+        with pytest.raises(SessionNotAccepting):
+            client.sessions.send(session_id, "hello")
 
 
 def test_only_the_originator_may_answer(daemon):
