@@ -27,7 +27,7 @@ from .methods import MethodContext, build_registry
 from .metrics import Metrics
 from .permissions import PermissionStore
 from .rpc import Dispatcher
-from .runtimes.registry import RuntimeRegistry
+from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .sessions import SessionLimits, SessionManager
 from .state import RecordTable
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
@@ -87,6 +87,8 @@ class Daemon:
         self._socket_identity: tuple[int, int] | None = None
         self._log_handler: logging.Handler | None = None
         self.event_log: SqliteEventStore | None = None
+        self._runtime_infos: list[RuntimeInfo] | None = None
+        self._runtime_infos_lock = threading.Lock()
         self.address: ListenAddress = options.listen
 
     # -- start ------------------------------------------------------------------------------
@@ -131,10 +133,7 @@ class Daemon:
         self.permission_table = self._open_record_table("permission_requests")
         self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.root / "identity_key"))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
-        self.runtimes = RuntimeRegistry.discover()
-        self.runtime_infos = self.runtimes.describe()
-        for info in self.runtime_infos:
-            log.info("runtime %s", info.describe())
+        self.runtimes = RuntimeRegistry()
         self.sessions = SessionManager(
             self.bus, self.permissions, self.scheduler, self.data_dir.sessions_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
@@ -260,7 +259,18 @@ class Daemon:
                 "last_event_id": self.bus.last_id(), "subscribers": self.bus.subscriber_count,
                 "pending_permissions": self.permissions.pending_count(),
                 "sessions": self.sessions.counts(),
-                "runtimes": [info.as_dict() for info in self.runtime_infos]}
+                "runtimes": [info.as_dict() for info in self.runtime_infos()]}
+
+    def runtime_infos(self) -> list[RuntimeInfo]:
+        """What the runtimes said about themselves when first asked, logged then. Not at start:
+        finding them scans every installed distribution and ``claude --version`` starts a
+        program, which would delay every start for a query only some clients make."""
+        with self._runtime_infos_lock:
+            if self._runtime_infos is None:
+                self._runtime_infos = self.runtimes.describe()
+                for info in self._runtime_infos:
+                    log.info("runtime %s", info.describe())
+            return self._runtime_infos
 
     def rotate_token(self) -> bool:
         if self.tokens is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging.handlers
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -198,16 +198,53 @@ class InstanceLock:
         return False
 
 
-class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+class PrivateRotatingFileHandler(logging.FileHandler):
     """A size-rotated log whose every file, including the ones rotation creates, is 0600.
 
     Logs name peers and request ids; other local users have no business reading them, and
     setting a process-wide umask instead would leak into the files agents create.
+
+    Rotation as ``logging.handlers.RotatingFileHandler`` does it (a record that would take
+    the file to ``maxBytes`` first moves it to ``.1``, ``.1`` to ``.2`` ... up to
+    ``.<backupCount>``, which must be at least 1), written out here because importing
+    ``logging.handlers`` (and with it ``pickle``) for this alone costs ~0.5 MB of the
+    daemon's idle RSS.
     """
+
+    def __init__(self, filename: str | os.PathLike[str], maxBytes: int, backupCount: int,
+                 encoding: str | None = None):
+        super().__init__(filename, mode="a", encoding=encoding)
+        self.max_bytes = maxBytes
+        self.backup_count = backupCount
 
     def _open(self):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding, errors=self.errors)
+        return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._is_full_for(record):
+                self._rotate()
+        except Exception:
+            self.handleError(record)
+            return
+        super().emit(record)
+
+    def _is_full_for(self, record: logging.LogRecord) -> bool:
+        if self.stream is None:  # closed, or a rotation could not reopen it
+            self.stream = self._open()
+        return self.stream.seek(0, os.SEEK_END) + len(self.format(record)) + 1 >= self.max_bytes
+
+    def _rotate(self) -> None:
+        self.stream.close()
+        self.stream = None
+        for index in range(self.backup_count - 1, 0, -1):
+            older = f"{self.baseFilename}.{index}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.baseFilename}.{index + 1}")
+        if os.path.exists(self.baseFilename):  # someone may have removed it under us
+            os.replace(self.baseFilename, f"{self.baseFilename}.1")
+        self.stream = self._open()
 
 
 def is_socket(path: Path) -> bool:

@@ -14,10 +14,15 @@ over the wire through ``cc_daemon.client``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
-from . import daemon_verbs, events_verb, rpc_verb, serve, session_verb
+#: Each verb and the module that defines it, in the order ``--help`` lists them. A command
+#: line naming a verb imports and builds that verb only: ``serve`` (and with it every cold
+#: start of the daemon) should not pay ~30 ms for the client verbs' modules and parsers.
+VERBS = {"serve": "serve", "daemon": "daemon_verbs", "rpc": "rpc_verb", "events": "events_verb",
+         "session": "session_verb"}
 
 EXAMPLES = """examples:
   cheetahclaws serve                                   # Unix socket under ~/.cheetahclaws/run
@@ -40,21 +45,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The whole command line, or with ``only`` the parser of that one verb under it."""
     parser = Parser(prog="cheetahclaws", description="cc_daemon: local control plane for AI coding agents.",
                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     verbs.required = True
-    serve.add_parser(verbs)
-    daemon_verbs.add_parser(verbs)
-    rpc_verb.add_parser(verbs)
-    events_verb.add_parser(verbs)
-    session_verb.add_parser(verbs)
+    for verb, module in VERBS.items():
+        if only is None or verb == only:
+            importlib.import_module(f".{module}", __name__).add_parser(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The top-level parser has no options but --help, so a verb can only come first; anything
+    # else (no verb, --help, a typo) gets the whole parser and its usual help or error.
+    parser = build_parser(argv[0] if argv and argv[0] in VERBS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         print("warning: /healthz, /readyz and /metrics are served without authentication", file=sys.stderr)
     if options.allow_remote and not daemon.address.is_loopback():
         print(f"warning: listening on non-loopback {daemon.address.url()} without TLS", file=sys.stderr)
-    print(f"cc_daemon listening on {daemon.address.url()} (pid {daemon.describe()['pid']})", flush=True)
+    print(f"cc_daemon listening on {daemon.address.url()} (pid {os.getpid()})", flush=True)
     if args.print_token and daemon.tokens is not None:
         print(f"token: {options.resolved_token_path.read_text().strip()}", flush=True)
     # Timed waits: Python runs signal handlers in the main thread only, and a SIGTERM the

@@ -85,6 +85,14 @@ def test_line_splitter_matches_a_plain_split_however_the_stream_is_cut(lines, cu
     assert out == expected
 
 
+def test_every_message_schema_is_a_valid_json_schema():
+    # protocol.py checks them only when it first builds its validators, not at import.
+    from jsonschema import Draft202012Validator
+
+    for schema in (*protocol.TO_RUNTIME.values(), *FROM_RUNTIME.values()):
+        Draft202012Validator.check_schema(schema)
+
+
 def test_the_line_limit_is_generous_but_bounded():
     assert protocol.MAX_LINE_BYTES == 1 << 20 and protocol.MAX_CHUNK_CHARS < protocol.MAX_LINE_BYTES // 4
 

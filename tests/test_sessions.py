@@ -329,7 +329,7 @@ def test_daemon_shutdown_stops_sessions_and_loses_no_event(make_daemon, tmp_path
     assert not any(is_alive(pid) for pid in pids)
 
 
-def test_status_and_startup_log_list_runtimes_and_sessions(subprocess_daemon, tmp_path):
+def test_status_and_daemon_log_list_runtimes_and_sessions(subprocess_daemon, tmp_path):
     running = subprocess_daemon()
     client = client_of(running, "cli")
     session_id = create(client, tmp_path)["session_id"]

@@ -10,12 +10,13 @@ Must not: start processes, publish events or hold session state; it is pure data
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 PROTOCOL_VERSION = 1
 #: Longest line a runtime may write; longer ones are dropped and reported.
@@ -101,15 +102,25 @@ FROM_RUNTIME: dict[str, dict[str, Any]] = {
 }
 
 
-
 def _validators(schemas: dict[str, dict[str, Any]]) -> dict[str, Draft202012Validator]:
+    from jsonschema import Draft202012Validator
+
     for schema in schemas.values():
         Draft202012Validator.check_schema(schema)
     return {name: Draft202012Validator(schema) for name, schema in schemas.items()}
 
 
-_TO_RUNTIME_VALIDATORS = _validators(TO_RUNTIME)
-_FROM_RUNTIME_VALIDATORS = _validators(FROM_RUNTIME)
+# Checked and built at the first message, not at import: jsonschema and the schema checks
+# cost ~100 ms and ~3 MB, most of the daemon's cold start, and a daemon that never runs a
+# session never needs them. Two threads racing here both build the same validators.
+@functools.cache
+def _to_runtime_validators() -> dict[str, Draft202012Validator]:
+    return _validators(TO_RUNTIME)
+
+
+@functools.cache
+def _from_runtime_validators() -> dict[str, Draft202012Validator]:
+    return _validators(FROM_RUNTIME)
 
 
 class ProtocolError(ValueError):
@@ -131,9 +142,11 @@ class Oversized:
 def encode(message: dict[str, Any]) -> bytes:
     """A daemon-to-runtime message as one line. Our own messages must be valid: a schema
     violation here is a daemon bug, so it raises ``ValueError`` instead of sending it."""
-    validator = _TO_RUNTIME_VALIDATORS.get(message.get("type", ""))
+    validator = _to_runtime_validators().get(message.get("type", ""))
     if validator is None:
         raise ValueError(f"not a daemon-to-runtime message: {message.get('type')!r}")
+    from jsonschema.exceptions import best_match  # loaded with the validators
+
     error = best_match(validator.iter_errors(message))
     if error is not None:
         raise ValueError(f"invalid {message['type']} message: {error.message}")
@@ -157,9 +170,12 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("not_an_object", f"expected a JSON object, got {type(message).__name__}")
     kind = message.get("type")
-    if not isinstance(kind, str) or kind not in _FROM_RUNTIME_VALIDATORS:
+    if not isinstance(kind, str) or kind not in FROM_RUNTIME:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:100]!r}")
-    error = best_match(_FROM_RUNTIME_VALIDATORS[kind].iter_errors(message))
+    validator = _from_runtime_validators()[kind]
+    from jsonschema.exceptions import best_match  # loaded with the validators
+
+    error = best_match(validator.iter_errors(message))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(message)"
         raise ProtocolError("invalid_message", f"{kind}: {where}: {error.message[:300]}")

@@ -18,11 +18,10 @@ import functools
 import logging
 import os
 import shutil
-import subprocess
 import sys
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +150,8 @@ class ClaudeRuntime(Runtime):
 @functools.lru_cache(maxsize=32)
 def executable_version(path: str, mtime_ns: int) -> tuple[str | None, str | None]:
     """(version, problem) from ``path --version``; cached until the file changes."""
+    import subprocess  # here, like the supervisor's: no idle daemon needs it
+
     try:
         done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S,
                               stdin=subprocess.DEVNULL)
@@ -166,13 +167,31 @@ BUILTINS: dict[str, Runtime] = {"demo": DemoRuntime(), "command": CommandRuntime
 
 
 class RuntimeRegistry:
-    """The runtimes by name: built-ins first, then entry points."""
+    """The runtimes by name: built-ins first, then entry points.
 
-    def __init__(self, runtimes: dict[str, tuple[Runtime, str]]):
-        self._runtimes = runtimes
+    The entry points are looked up at the first question, not at construction: scanning every
+    installed distribution (and importing ``importlib.metadata``) costs ~40 ms of the daemon's
+    start for runtimes only a session or a status query needs.
+    """
 
-    @classmethod
-    def discover(cls) -> RuntimeRegistry:
+    def __init__(self) -> None:
+        self._loaded: dict[str, tuple[Runtime, str]] | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def _runtimes(self) -> dict[str, tuple[Runtime, str]]:
+        loaded = self._loaded
+        if loaded is None:
+            with self._load_lock:  # once: loading runs third-party code and logs what it skips
+                if self._loaded is None:
+                    self._loaded = self._discover()
+                loaded = self._loaded
+        return loaded
+
+    @staticmethod
+    def _discover() -> dict[str, tuple[Runtime, str]]:
+        from importlib.metadata import entry_points
+
         runtimes: dict[str, tuple[Runtime, str]] = {name: (runtime, "builtin") for name, runtime in BUILTINS.items()}
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             if entry.name in runtimes:
@@ -189,7 +208,7 @@ class RuntimeRegistry:
                 continue
             distribution = entry.dist.name if entry.dist is not None else entry.value
             runtimes[entry.name] = (runtime, f"entry point from {distribution}")
-        return cls(runtimes)
+        return runtimes
 
     def names(self) -> list[str]:
         return list(self._runtimes)
