@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 #: Synthetic event types: produced per subscriber, never stored.
@@ -51,7 +52,7 @@ class Originator:
 class Event:
     """One published event. Immutable once published."""
 
-    __slots__ = ("id", "ts", "type", "data", "session_id", "originator", "_public_json", "_own_json")
+    __slots__ = ("id", "ts", "type", "data", "session_id", "originator", "_public_json")
 
     def __init__(self, id: int, ts: float, type: str, data: dict[str, Any],
                  session_id: str | None = None, originator: Originator | None = None):
@@ -62,7 +63,6 @@ class Event:
         self.session_id = session_id
         self.originator = originator
         self._public_json: str | None = None
-        self._own_json: str | None = None
 
     def as_dict(self, viewer: Any = None) -> dict[str, Any]:
         """The event as ``viewer`` sees it (anything with ``client_id`` and ``client_key``,
@@ -78,15 +78,15 @@ class Event:
         return out
 
     def to_json(self, viewer: Any = None) -> str:
-        """Compact JSON for ``viewer``; each of the two renderings is computed once and shared.
+        """Compact JSON for ``viewer``.
 
-        Whoever holds the originator's key holds its client id (the key is derived from the
-        id), so the originator's own rendering is the same for all of its streams.
+        The public rendering is computed once and kept, shared by every stream that shows it.
+        The originator's own is made per call: it is usually read by one stream only, and
+        keeping it too would hold a third copy of the data of every cached event (the event
+        log's cache budget counts the data and one rendering).
         """
         if self.originator is not None and self.originator.is_held_by(viewer):
-            if self._own_json is None:
-                self._own_json = compact_json(self.as_dict(viewer))
-            return self._own_json
+            return compact_json(self.as_dict(viewer))
         if self._public_json is None:
             self._public_json = compact_json(self.as_dict())
         return self._public_json
@@ -95,8 +95,24 @@ class Event:
         return f"Event(id={self.id}, type={self.type!r})"
 
 
-#: Built once: ``json.dumps`` with these arguments would build a new encoder per call.
-compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def strict_compact_encoder() -> Callable[[Any], str]:
+    """A compact JSON encoder refusing NaN and infinities (``ValueError``) and non-JSON types
+    (``TypeError``).
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding
+    a typical event (2.1 us against 0.9 us): this one is built once and called directly. It
+    skips the circular-reference check, so data containing itself fails with RecursionError
+    rather than ValueError; event data is parsed JSON or built by the daemon, never
+    self-containing.
+    """
+    strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return strict.encode
+    encode = c_make_encoder(None, strict.default, encode_basestring_ascii, None, ":", ",", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+compact_json = strict_compact_encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +159,8 @@ class EventStore(Protocol):
 
     def read_after(self, after_id: int, limit: int) -> list[Event]:
         """Visible retained events with ids greater than ``after_id``, ascending, at most
-        ``limit``. Thread-safe; called without the bus lock."""
+        ``limit`` (a store may return fewer to bound a page's bytes, but at least one when
+        there is one). Thread-safe; called without the bus lock."""
         ...
 
     def wait_visible(self, event_id: int, timeout: float | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -11,19 +12,23 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cc_daemon.eventlog import (COMPONENT, MIGRATIONS, SchemaTooNew, SqliteEventStore, check_database, migrate,
-                                open_database)
-from cc_daemon.events import Event, EventBus, EventFilter, EventNotDurable, Gap, Originator
+from cc_daemon.eventlog import (COMPONENT, MIGRATIONS, SchemaTooNew, SqliteEventStore, check_database, memory_of,
+                                migrate, open_database)
+from cc_daemon.events import Event, EventBus, EventFilter, EventNotDurable, Gap, Originator, compact_json
 from conftest import cli, wait_for
 from test_sse import open_stream, publish, take
 
 ALICE = Originator("a" * 64, "ref-alice", "repl")
+#: A viewer holding ALICE's key, as the transport's caller does.
+ALICE_VIEWER = SimpleNamespace(client_key="a" * 64, client_id="cid-alice")
+MB = 1 << 20
 
 
 class FakeClock:
@@ -207,6 +212,157 @@ def test_a_long_replay_uses_bounded_memory(tmp_path):
     # The whole log decoded would be ~40 MB; a replay holds one page (512 events) at a time.
     assert peak - baseline < 3 * 1024 * 1024, f"replay peaked at {(peak - baseline) / 1e6:.1f} MB"
     store.close()
+
+
+# -- byte bounds: the cache and every page --------------------------------------------------------
+def cache_state(store: SqliteEventStore) -> tuple[int, int]:
+    _, detail = store.health()
+    return detail["cached_events"], detail["cached_bytes"]
+
+
+def newest_that_fit(sizes: list[int], max_count: int, max_bytes: int) -> int:
+    """How many of the newest ``sizes`` a bounded cache holds: as many as fit both bounds, one at least."""
+    count, total = 0, 0
+    for size in reversed(sizes[-max_count:]):
+        if total + size > max_bytes:
+            break
+        count, total = count + 1, total + size
+    return max(1, count) if sizes else 0
+
+
+def text_events(bus: EventBus, lengths: list[int]) -> list[Event]:
+    return bus.publish_many([("chunk", {"text": "x" * length}) for length in lengths])
+
+
+def test_big_events_are_cached_within_the_byte_budget_and_an_oversized_one_alone(tmp_path):
+    store, bus = open_log(tmp_path / "daemon.db", cache_bytes=10_000)
+    for _ in range(10):
+        text_events(bus, [1000])
+    size = memory_of(compact_json({"text": "x" * 1000}))
+    assert cache_state(store) == (10_000 // size, 10_000 // size * size)
+    text_events(bus, [20_000])
+    assert cache_state(store) == (1, memory_of(compact_json({"text": "x" * 20_000})))
+    text_events(bus, [10])  # the oversized one goes as soon as anything follows it
+    assert cache_state(store) == (1, memory_of(compact_json({"text": "x" * 10})))
+    assert [e.id for e in drain(bus, 0)] == list(range(1, 13))  # the rest comes from disk
+    store.close()
+
+
+def test_a_stream_of_big_events_holds_no_more_memory_than_the_cache_budget(tmp_path):
+    """90 MB of 60 KB chunks once held 180 MB (every event's data and its rendering); now the
+    cache keeps at most its budget of both, whoever reads the events."""
+    store, bus = open_log(tmp_path / "daemon.db", cache_bytes=4 * MB)
+    public = bus.subscribe(0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        for i in range(200):  # 10 MB of text
+            bus.publish("text_chunk", {"text": f"{i:08d}" + "x" * 50_000}, originator=ALICE)
+            for event in public.next_batch(0):
+                event.to_json(None)  # the rendering other frontends share, kept on the event
+                event.to_json(ALICE_VIEWER)  # the originator's own, made per call
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    public.close()
+    assert cache_state(store)[1] <= 4 * MB
+    assert held - baseline < 5 * MB, f"{(held - baseline) / MB:.1f} MB held after 10 MB of events"
+    store.close()
+
+
+def test_the_originators_rendering_is_made_per_call_and_the_public_one_shared(tmp_path):
+    store, bus = open_log(tmp_path / "daemon.db")
+    event = bus.publish("turn", {"text": "hi"}, session_id="s1", originator=ALICE)
+    own = event.to_json(ALICE_VIEWER)
+    assert own == compact_json(event.as_dict(ALICE_VIEWER)) and '"client_id":"cid-alice"' in own
+    assert event.to_json(ALICE_VIEWER) is not own
+    public = event.to_json(None)
+    assert public == compact_json(event.as_dict()) and "client_id" not in public
+    assert event.to_json(SimpleNamespace(client_key="b" * 64, client_id="cid-bob")) is public
+    store.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(json_values)
+def test_compact_json_is_jsons_strict_compact_encoding(value):
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@pytest.mark.parametrize("value, error", [({"x": float("nan")}, ValueError), ([float("inf")], ValueError),
+                                          ({"x": {1, 2}}, TypeError), (object(), TypeError)])
+def test_compact_json_refuses_what_is_not_json(value, error):
+    with pytest.raises(error):
+        compact_json(value)
+
+
+def expected_page(sizes: list[int], after: int, limit: int, max_bytes: int) -> list[int]:
+    """The ids a page after ``after`` holds: up to ``limit``, within ``max_bytes``, one at least."""
+    ids, total = [], 0
+    for event_id in range(after + 1, min(len(sizes), after + limit) + 1):
+        total += sizes[event_id - 1]
+        if total > max_bytes and ids:
+            break
+        ids.append(event_id)
+    return ids
+
+
+def check_pages(store: SqliteEventStore, sizes: list[int], limit: int) -> None:
+    for after in range(len(sizes)):
+        page = store.read_after(after, limit)
+        assert [e.id for e in page] == expected_page(sizes, after, limit, store.PAGE_BYTES)
+        assert all(memory_of(compact_json(e.data)) == sizes[e.id - 1] for e in page)
+
+
+def check_query_paging(store: SqliteEventStore, count: int, limit: int, descending: bool) -> None:
+    found, bound = [], None
+    while True:
+        page = store.query(limit=limit, descending=descending,
+                           **({"before_id" if descending else "after_id": bound} if bound is not None else {}))
+        assert 1 <= len(page.events) <= limit or page.cursor is None
+        sizes = [memory_of(compact_json(e.data)) for e in page.events]
+        assert len(sizes) <= 1 or sum(sizes) <= store.PAGE_BYTES
+        found.extend(e.id for e in page.events)
+        if page.cursor is None:
+            break
+        bound = page.cursor
+    assert found == (list(range(count, 0, -1)) if descending else list(range(1, count + 1)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(st.integers(0, 3000), min_size=1, max_size=6), min_size=1, max_size=8),
+       cache_events=st.integers(1, 12), cache_bytes=st.integers(1, 15_000), page_bytes=st.integers(1, 9000),
+       limit=st.integers(1, 8), descending=st.booleans())
+def test_the_cache_and_every_page_keep_to_their_byte_bounds_and_replay_stays_exact(
+        batches, cache_events, cache_bytes, page_bytes, limit, descending):
+    root = Path(tempfile.mkdtemp(prefix="ccd-bytes-"))
+    store, bus = open_log(root / "daemon.db", cache_events=cache_events, cache_bytes=cache_bytes)
+    try:
+        store.PAGE_BYTES = page_bytes
+        sizes: list[int] = []  # memory_of each id's data
+        for lengths in batches:
+            sizes += [memory_of(compact_json(e.data)) for e in text_events(bus, lengths)]
+            cached, cached_bytes = cache_state(store)
+            assert cached == newest_that_fit(sizes, cache_events, cache_bytes)
+            assert cached_bytes == sum(sizes[-cached:]) and (cached_bytes <= cache_bytes or cached == 1)
+        check_pages(store, sizes, limit)  # from the cache where it can, from disk before that
+        assert [(e.id, len(e.data["text"])) for e in drain(bus, 0)] == \
+            [(i + 1, length) for i, length in enumerate(length for lengths in batches for length in lengths)]
+        check_query_paging(store, len(sizes), limit, descending)
+        store.close()
+        store, bus = open_log(root / "daemon.db", cache_events=cache_events, cache_bytes=cache_bytes)
+        store.PAGE_BYTES = page_bytes
+        assert cache_state(store) == (0, 0)
+        check_pages(store, sizes, limit)  # all from disk
+    finally:
+        store.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_query_filters_and_pages_both_ways(tmp_path):
