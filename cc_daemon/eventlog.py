@@ -288,6 +288,8 @@ class SqliteEventStore:
     #: always holds one event, however large), so that a reader of big events holds a few of
     #: them at a time, not 512 or 1000.
     PAGE_BYTES = 1 << 20
+    #: Slots the recent-event ring starts with; it doubles up to ``cache_events`` as needed.
+    INITIAL_CACHE_SLOTS = 1024
     #: Pause before retrying a failed commit; doubles per consecutive failure up to the max.
     MIN_RETRY_S, MAX_RETRY_S = 0.05, 5.0
     #: Commits after which the maintenance thread checkpoints (it also does at its next tick).
@@ -340,10 +342,12 @@ class SqliteEventStore:
         self._writing_upto = last
         self._assigned = self._visible = last
         self._oldest, self._oldest_ts = oldest, oldest_ts
-        # The cache: a ring holding ids ``_cache_start.._visible`` at slot ``id % cache_events``,
-        # with each one's ``memory_of`` beside it (0 in empty slots) and their sum.
-        self._cache: list[Event | None] = [None] * cache_events
-        self._cache_sizes = [0] * cache_events
+        # The cache: a ring holding ids ``_cache_start.._visible`` at slot ``id % len(_cache)``,
+        # with each one's ``memory_of`` beside it (0 in empty slots) and their sum. It starts
+        # small and grows to ``cache_events`` slots as events arrive (``_grow_cache``).
+        self._cache_slots = cache_events
+        self._cache: list[Event | None] = [None] * min(cache_events, self.INITIAL_CACHE_SLOTS)
+        self._cache_sizes = [0] * len(self._cache)
         self._cache_bytes = 0
         self._cache_budget = cache_bytes
         self._cache_start = last + 1  # the cache never holds anything older than this process's events
@@ -513,6 +517,7 @@ class SqliteEventStore:
     def _cache_batch(self, events: list[Event], rows: list[Row]) -> None:
         """Put a committed batch in the ring over the oldest events, then drop more of the
         oldest while the cache is over its byte budget; the newest stays, however large."""
+        self._grow_cache(events[-1].id - self._cache_start + 1)
         capacity = len(self._cache)
         events = events[-capacity:]
         sizes = [memory_of(row[DATA]) for row in rows[-capacity:]]
@@ -527,6 +532,23 @@ class SqliteEventStore:
         self._cache_start = max(self._cache_start, last - capacity + 1)
         if self._cache_bytes > self._cache_budget:
             self._evict_over_budget(last)
+
+    def _grow_cache(self, wanted: int) -> None:
+        """Make the ring hold ``wanted`` events if ``cache_events`` allows, at least doubling it.
+
+        Two rings of 65,536 slots are 1 MB that an idle daemon, or one with short-lived
+        sessions, never fills; growing by doubling keeps the copying O(1) per event.
+        """
+        capacity = len(self._cache)
+        if wanted <= capacity or capacity == self._cache_slots:
+            return
+        grown = min(self._cache_slots, max(wanted, 2 * capacity))
+        cache: list[Event | None] = [None] * grown
+        sizes = [0] * grown
+        for event_id in range(self._cache_start, self._visible + 1):
+            cache[event_id % grown] = self._cache[event_id % capacity]
+            sizes[event_id % grown] = self._cache_sizes[event_id % capacity]
+        self._cache, self._cache_sizes = cache, sizes
 
     def _cache_run(self, lo: int, events: list[Event], sizes: list[int]) -> None:
         """Put ``events`` in slots ``lo`` on (without wrapping), in place of what was there.

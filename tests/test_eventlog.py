@@ -13,9 +13,10 @@ import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -338,11 +339,14 @@ def check_query_paging(store: SqliteEventStore, count: int, limit: int, descendi
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.lists(st.lists(st.integers(0, 3000), min_size=1, max_size=6), min_size=1, max_size=8),
        cache_events=st.integers(1, 12), cache_bytes=st.integers(1, 15_000), page_bytes=st.integers(1, 9000),
-       limit=st.integers(1, 8), descending=st.booleans())
+       limit=st.integers(1, 8), descending=st.booleans(), initial_slots=st.integers(1, 12))
+@example(batches=[[10, 10, 10], [10], [10] * 6], cache_events=8, cache_bytes=15_000, page_bytes=9000, limit=8,
+         descending=False, initial_slots=1)  # the ring grows twice while it holds events, then wraps
 def test_the_cache_and_every_page_keep_to_their_byte_bounds_and_replay_stays_exact(
-        batches, cache_events, cache_bytes, page_bytes, limit, descending):
+        batches, cache_events, cache_bytes, page_bytes, limit, descending, initial_slots):
     root = Path(tempfile.mkdtemp(prefix="ccd-bytes-"))
-    store, bus = open_log(root / "daemon.db", cache_events=cache_events, cache_bytes=cache_bytes)
+    with mock.patch.object(SqliteEventStore, "INITIAL_CACHE_SLOTS", initial_slots):  # the ring grows as it fills
+        store, bus = open_log(root / "daemon.db", cache_events=cache_events, cache_bytes=cache_bytes)
     try:
         store.PAGE_BYTES = page_bytes
         sizes: list[int] = []  # memory_of each id's data
