@@ -767,9 +767,6 @@ def test_a_100_mb_line_is_dropped_as_it_streams_not_buffered(subprocess_daemon, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the event log's recent-event cache (--event-buffer, 65536 events) is bounded "
-                                       "by count, not bytes: a runtime's 60 KB chunks make the RSS grow with its "
-                                       "output (90 MB -> ~180 MB with both JSON renderings; the cap allows GBs)")
 def test_a_runtimes_output_does_not_grow_the_daemons_memory_with_its_size(subprocess_daemon, tmp_path):
     running = start_tcp(subprocess_daemon)
     client, session_id = flood_session(running, tmp_path)
