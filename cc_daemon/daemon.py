@@ -55,6 +55,8 @@ class DaemonOptions:
     allow_origins: tuple[str, ...] = ()
     #: Recent events kept in memory to serve the live tail without reading the database.
     event_buffer: int = 65536
+    #: ... and at most this many megabytes of them (big runtime chunks would make 65,536 events GBs).
+    event_buffer_mb: float = 16.0
     retention_events: int = DEFAULT_RETENTION_EVENTS
     retention_days: float = 7.0
     #: "normal": events survive a daemon crash; "full": also power loss (fsync per group commit).
@@ -175,7 +177,9 @@ class Daemon:
         try:
             return SqliteEventStore(self.data_dir.database, retention_events=options.retention_events,
                                     retention_age_s=options.retention_days * 86400.0,
-                                    cache_events=options.event_buffer, synchronous=options.event_log_sync)
+                                    cache_events=options.event_buffer,
+                                    cache_bytes=max(1, int(options.event_buffer_mb * 2**20)),
+                                    synchronous=options.event_log_sync)
         except EventLogError as exc:
             raise StartupError(str(exc)) from None
 

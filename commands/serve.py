@@ -39,6 +39,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--event-buffer", type=positive_int, default=65536, metavar="N",
                         help="recent events kept in memory for the live tail (default 65536); "
                              "older ones are read from the database")
+    parser.add_argument("--event-buffer-mb", type=positive_float, default=16.0, metavar="M",
+                        help="and at most M megabytes of them (default 16; the newest event is always kept)")
     # Literal defaults (cc_daemon.eventlog's) so that parsing the command line imports no SQLite.
     parser.add_argument("--retention-events", type=positive_int, default=1_000_000, metavar="N",
                         help="events kept in <data-dir>/daemon.db for replay (default 1000000)")
@@ -77,6 +79,7 @@ def options_from(args: argparse.Namespace):
         listen=listen, data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
         heartbeat_s=args.heartbeat_s, audit=not args.no_audit, unauthenticated_metrics=args.unauthenticated_metrics,
         allow_remote=args.allow_remote, allow_origins=tuple(args.allow_origin), event_buffer=args.event_buffer,
+        event_buffer_mb=args.event_buffer_mb,
         retention_events=args.retention_events, retention_days=args.retention_days,
         event_log_sync=args.event_log_sync,
         limits=Limits(**{name: value for name, value in (("max_body_bytes", args.max_body_bytes),

@@ -608,6 +608,17 @@ def test_replay_filters_work_on_events_read_from_disk(make_daemon):
     response.close()
 
 
+def test_event_buffer_mb_bounds_the_memory_of_the_recent_events(make_daemon):
+    running = make_daemon("tcp", event_buffer_mb=0.1)
+    for n in range(12):
+        assert "result" in running.rpc("echo.ping", {"n": n, "pad": "x" * 20_000})
+    detail = running.get("/readyz").json()["event_log"]
+    assert detail["cached_bytes"] <= 0.1 * 2**20 and 1 <= detail["cached_events"] < 12
+    response, events = open_stream(running, "?since=0&types=ping_received")  # the rest come from disk
+    assert [e["data"]["params"]["n"] for e in take(events, 12)] == list(range(12))
+    response.close()
+
+
 def test_events_query_renders_the_originator_for_each_caller(tcp_daemon):
     me = tcp_daemon.post({"jsonrpc": "2.0", "method": "echo.ping", "params": {"n": 1}, "id": 1})
     my_id = me.headers["X-Client-Id"]
