@@ -12,6 +12,7 @@ event bus. Services never import this module.
 
 from __future__ import annotations
 
+import collections
 import errno
 import http
 import io
@@ -19,8 +20,8 @@ import ipaddress
 import json
 import logging
 import os
-import queue
 import re
+import selectors
 import signal
 import socket
 import socketserver
@@ -662,12 +663,12 @@ class SseWriter:
     def __init__(self, wfile, sock: socket.socket, chunked: bool, viewer: Caller):
         self._wfile = wfile
         self._sock = sock
-        self._chunked = chunked
-        self._viewer = viewer
+        self.chunked = chunked
+        self.viewer = viewer
 
     def encode(self, text: str) -> bytes:
         data = text.encode("utf-8")
-        return b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
 
     def encode_events(self, batch: list[Event | Gap]) -> tuple[bytes, int]:
         """The frames of the first items of ``batch``, about ``WRITE_CHARS`` at most (at least
@@ -684,7 +685,7 @@ class SseWriter:
 
     def _frame(self, item: Event | Gap) -> str:
         event = item.as_event(time.time()) if isinstance(item, Gap) else item
-        return render_frame(event.id, event.type, event.to_json(self._viewer))
+        return render_frame(event.id, event.type, event.to_json(self.viewer))
 
     def send(self, text: str) -> None:
         self._wfile.write(self.encode(text))
@@ -706,7 +707,7 @@ class SseWriter:
             return 0
 
     def finish(self) -> None:
-        if self._chunked:
+        if self.chunked:
             self._wfile.write(b"0\r\n\r\n")
 
 
@@ -733,6 +734,43 @@ class LiveStream:
             self.writer.send_bytes(unsent)  # blocking, with the connection's send timeout
 
 
+class SharedRead:
+    """What one pass of the live tail read after a cursor through a filter, and its writes.
+
+    Every caught-up stream with the same cursor and filter would read the same items: one of
+    them reads, the others take its items, and streams that render them alike (the same
+    framing, and the same answer to "is this event's originator me?") share one encoded
+    write. A pass then costs one read and one encoding per distinct view, plus one send per
+    stream, instead of rendering every event again for every subscriber.
+    """
+
+    __slots__ = ("items", "cursor", "_originators", "_writes")
+
+    def __init__(self, items: list[Event | Gap], cursor: int):
+        self.items = items
+        self.cursor = cursor  # where a reader stands once it took every item
+        # The only per-viewer part of a rendering (``Event.to_json``): usually one originator.
+        self._originators = tuple(dict.fromkeys(
+            item.originator for item in items if isinstance(item, Event) and item.originator is not None))
+        self._writes: dict[tuple[bool, tuple[bool, ...]], tuple[bytes, int, int]] = {}
+
+    def write_for(self, writer: SseWriter) -> tuple[bytes, int, int]:
+        """The first write of these items as ``writer`` frames them: the bytes, how many items
+        they hold, and the cursor after those items."""
+        view = (writer.chunked, tuple(originator.is_held_by(writer.viewer) for originator in self._originators))
+        write = self._writes.get(view)
+        if write is None:
+            data, count = writer.encode_events(self.items)
+            write = (data, count, self.cursor if count == len(self.items) else item_id(self.items[count - 1]))
+            self._writes[view] = write
+        return write
+
+    def left_behind(self, visible: int) -> bool:
+        """True when a stream of this read has visible events still to read: the read stopped
+        at a page or a gap before ``visible``, or a write held only the first items."""
+        return self.cursor < visible or any(count < len(self.items) for _, count, _ in self._writes.values())
+
+
 class LiveTail:
     """One thread that writes the live tail of every caught-up event stream.
 
@@ -741,8 +779,9 @@ class LiveTail:
     time in ``Condition.notify_all``). A stream's own thread still replays history and
     handles whatever is slow or final; once its cursor reaches the newest event it hands the
     stream here (``serve``) and sleeps. On news from the bus this thread reads each stream's
-    next events and writes them without blocking. A stream whose socket is full, that ended,
-    or whose write failed goes back to its own thread, with the bytes not yet written.
+    next events and writes them without blocking; streams at the same place read and render
+    them once (``SharedRead``). A stream whose socket is full, that ended, or whose write
+    failed goes back to its own thread, with the bytes not yet written.
     """
 
     #: Heartbeats go out in passes every quarter period, to streams silent for 3/4 of it,
@@ -753,6 +792,7 @@ class LiveTail:
     COALESCE_S = 0.002
 
     def __init__(self, bus: EventBus, metrics: Metrics, heartbeat_s: float):
+        self._bus = bus
         self._metrics = metrics
         self._heartbeat_s = heartbeat_s
         self._cond = threading.Condition(threading.Lock())
@@ -760,7 +800,6 @@ class LiveTail:
         self._arrivals: list[LiveStream] = []
         self._streams: list[LiveStream] = []  # only the live-tail thread touches this list
         self._delivered = 0  # events written in the current pass
-        self._rewound = False  # a stream of this pass left events unread
         self._stopped = False
         self._thread: threading.Thread | None = None
         bus.add_listener(self._on_news)
@@ -822,54 +861,74 @@ class LiveTail:
             heartbeat = now >= next_heartbeat
             if heartbeat:
                 next_heartbeat = now + pass_every
-            # New arrivals are read even without news: an event may have become visible
-            # between their last read and their arrival here.
-            self._streams = [stream for stream in self._streams if self._advance(stream, now, news, heartbeat)]
-            self._streams.extend(stream for stream in arrivals if self._advance(stream, now, True, heartbeat))
-            if self._rewound:  # some stream has more to read than one write took: another pass
-                self._rewound = False
-                with self._cond:
-                    self._news = True
-            if self._delivered:
-                self._metrics.inc("ccd_events_delivered_total", self._delivered)
-                self._delivered = 0
+            self._pass(arrivals, now, news, heartbeat)
 
-    def _advance(self, stream: LiveStream, now: float, news: bool, heartbeat: bool) -> bool:
+    def _pass(self, arrivals: list[LiveStream], now: float, news: bool, heartbeat: bool) -> None:
+        """Write every stream's news (or heartbeat) once; streams that go back are dropped."""
+        reads: dict[tuple[int, EventFilter], SharedRead] = {}
+        visible = self._bus.last_id()
+        # New arrivals are read even without news: an event may have become visible
+        # between their last read and their arrival here.
+        self._streams = [stream for stream in self._streams
+                         if self._advance(stream, reads if news else None, now, heartbeat)]
+        self._streams.extend(stream for stream in arrivals if self._advance(stream, reads, now, heartbeat))
+        if any(read.left_behind(visible) for read in reads.values()):  # another pass, without news
+            with self._cond:
+                self._news = True
+        if self._delivered:
+            self._metrics.inc("ccd_events_delivered_total", self._delivered)
+            self._delivered = 0
+
+    def _advance(self, stream: LiveStream, reads: dict | None, now: float, heartbeat: bool) -> bool:
         """Write ``stream``'s news (or a heartbeat); False when it went back to its own thread."""
-        keep = self._write(stream, now, news, heartbeat)
+        keep = self._write(stream, reads, now, heartbeat)
         if not keep:
             stream.returned.set()
         return keep
 
-    def _write(self, stream: LiveStream, now: float, news: bool, heartbeat: bool) -> bool:
+    def _write(self, stream: LiveStream, reads: dict | None, now: float, heartbeat: bool) -> bool:
         subscription = stream.subscription
         try:
-            batch = subscription.next_batch(0) if news else []
+            data, count = self._news_for(stream, reads) if reads is not None else (b"", 0)
         except SubscriptionEnded:
             return False  # its own thread ends the stream
-        if batch:
-            data, count = stream.writer.encode_events(batch)
-            if count < len(batch):  # the rest next pass: a stalled reader pins one write, not a page
-                subscription.rewind(item_id(batch[count - 1]))
-                self._rewound = True
-            batch = batch[:count]
-        elif heartbeat and now - stream.last_write >= self._heartbeat_s * 0.75:
+        if not data:
+            if not (heartbeat and now - stream.last_write >= self._heartbeat_s * 0.75):
+                return subscription.end_reason is None
             data = stream.writer.encode(":\n\n")
-        else:
-            return subscription.end_reason is None
         try:
             sent = stream.writer.send_without_waiting(data)
         except OSError as exc:
             stream.failure = exc
             return False
         stream.last_write = now
-        self._delivered += len(batch)
+        self._delivered += count
         if sent < len(data):
             stream.unsent = data[sent:]
             return False
         # An ended stream goes back once what was read is written: its own thread offers
         # the rest (after a graceful shutdown) and says goodbye.
         return subscription.end_reason is None
+
+    @staticmethod
+    def _news_for(stream: LiveStream, reads: dict[tuple[int, EventFilter], SharedRead]) -> tuple[bytes, int]:
+        """The next write of ``stream`` and how many items it holds (``b""``: nothing new)."""
+        subscription = stream.subscription
+        key = (subscription.cursor, subscription.filter)
+        # An ended subscription reads for itself: ``next_batch`` knows what it may still offer.
+        read = reads.get(key) if subscription.end_reason is None else None
+        if read is None:
+            items = subscription.next_batch(0)
+            read = reads[key] = SharedRead(items, subscription.cursor)
+        if not read.items:
+            subscription.cursor = read.cursor  # a filtered stream also moves past what it skipped
+            return b"", 0
+        data, count, cursor = read.write_for(stream.writer)
+        # The stream took these items as its own read would have: from the same cursor through
+        # the same filter (if more became visible since, the news of it brings another pass).
+        # A write that holds only the first items leaves the cursor after them.
+        subscription.cursor = cursor
+        return data, count
 
 
 # -- threads ----------------------------------------------------------------------------
@@ -1065,44 +1124,190 @@ class DaemonServerMixin:
 
 
 class Refuser:
-    """Answers connections over the cap with 503, off the accept thread.
+    """Answers connections over the cap with 503 at once, and closes them without a thread each.
 
-    The request is drained before closing: closing a Unix socket with unread input makes
-    the peer see a reset instead of our answer. One thread and a bounded queue, so a flood
-    of connections costs no more threads; past the queue, connections are just closed.
+    The answer is sent on the accept thread without waiting: it fits the empty send buffer of
+    a new connection (what does not is sent as soon as the socket takes it). The write side
+    is then shut and the connection lingers, read and discarded, until its peer closes or
+    ``LINGER_S`` passed: closing with unread input makes the peer see a reset instead of our
+    answer. One thread watches every lingering connection with a selector, so no refusal
+    waits behind another's linger; beyond ``MAX_LINGERING`` connections the oldest is closed
+    early (it has had its answer longest), as is the oldest of more than ``MAX_LINGERING``
+    waiting for the thread to watch them: a flood costs a bounded number of descriptors.
     """
 
     BODY = b'{"error":"too many connections"}'
     RESPONSE = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION_HEADER}: {API_VERSION}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\nRetry-After: 1\r\n"
                 "Connection: close\r\n\r\n").encode() + BODY
+    LINGER_S = 0.5
+    MAX_LINGERING = 256
+    #: Read per readiness of one connection, so that a peer that keeps sending cannot keep
+    #: the thread from the others.
+    READ_BYTES = 65536
 
-    def __init__(self, backlog: int = 64):
-        self._queue: queue.Queue[socket.socket | None] = queue.Queue(backlog)
-        threading.Thread(target=self._run, name="ccd-refuser", daemon=True).start()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._incoming: collections.deque[tuple[socket.socket, Lingering]] = collections.deque()  # not yet watched
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name="ccd-refuser", daemon=True)
+        self._thread.start()
 
     def refuse(self, sock: socket.socket) -> None:
-        try:
-            self._queue.put_nowait(sock)
-        except queue.Full:
-            sock.close()
+        unsent = start_answer(sock, self.RESPONSE)
+        with self._lock:
+            if unsent is None or self._stopped:
+                dropped: socket.socket | None = sock
+            else:
+                if not self._incoming:  # otherwise a wake-up is already on its way
+                    self._wake()
+                self._incoming.append((sock, Lingering(unsent, time.monotonic() + self.LINGER_S)))
+                # The thread is behind (a flood, or no GIL for it): the oldest waiting goes now.
+                dropped = self._incoming.popleft()[0] if len(self._incoming) > self.MAX_LINGERING else None
+        if dropped is not None:
+            dropped.close()
 
     def stop(self) -> None:
-        self._queue.put(None)
+        """Close every lingering connection and the thread's own descriptors."""
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                self._wake()
+        self._thread.join(2.0)
+
+    def _wake(self) -> None:
+        """Interrupt the thread's wait; the lock is held, so the wake-up socket is still open."""
+        try:
+            self._wake_write.send(b"\0")
+        except BlockingIOError:
+            pass  # full of wake-ups the thread has yet to read
+
+    # -- the refuser's thread ---------------------------------------------------------------
+    def _clear_wake(self) -> None:
+        try:
+            self._wake_read.recv(4096)
+        except BlockingIOError:
+            pass
 
     def _run(self) -> None:
         leave_signals_to_the_main_thread()
-        while (sock := self._queue.get()) is not None:
+        lingering: dict[socket.socket, Lingering] = {}  # in order of refusal: oldest first
+        try:
+            while self._take_incoming(lingering):
+                self._close_expired(lingering)
+                for key, events in self._selector.select(self._timeout(lingering)):
+                    if key.fileobj is self._wake_read:
+                        self._clear_wake()
+                    else:
+                        self._serve(key.fileobj, events, lingering)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("the refuser stopped: connections over the cap are answered and closed at once")
+        finally:
+            self._close_all(lingering)
+
+    def _take_incoming(self, lingering: dict[socket.socket, Lingering]) -> bool:
+        """Watch the connections answered since the last look; False once stopped."""
+        with self._lock:
+            if self._stopped:
+                return False
+            incoming, self._incoming = self._incoming, collections.deque()
+        for sock, state in incoming:
+            lingering[sock] = state
             try:
-                sock.settimeout(0.5)
-                sock.sendall(self.RESPONSE)
-                sock.shutdown(socket.SHUT_WR)
-                while sock.recv(65536):
-                    pass
-            except OSError:
-                pass
-            finally:
-                sock.close()
+                self._selector.register(sock, state.wanted())
+            except OSError:  # the kernel's limit of watched descriptors: no linger for this one
+                self._forget(sock, lingering)
+        return True
+
+    def _close_expired(self, lingering: dict[socket.socket, Lingering]) -> None:
+        now = time.monotonic()
+        while lingering:
+            sock, state = next(iter(lingering.items()))
+            if state.deadline > now and len(lingering) <= self.MAX_LINGERING:
+                return
+            self._forget(sock, lingering)
+
+    @staticmethod
+    def _timeout(lingering: dict[socket.socket, Lingering]) -> float | None:
+        if not lingering:
+            return None
+        return max(0.0, next(iter(lingering.values())).deadline - time.monotonic())
+
+    def _serve(self, sock: socket.socket, events: int, lingering: dict[socket.socket, Lingering]) -> None:
+        state = lingering[sock]
+        try:
+            if events & selectors.EVENT_READ and not sock.recv(self.READ_BYTES):
+                state.peer_done = True
+            if events & selectors.EVENT_WRITE:
+                state.unsent = state.unsent[sock.send(state.unsent):]
+                if not state.unsent:
+                    sock.shutdown(socket.SHUT_WR)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._forget(sock, lingering)
+            return
+        if state.peer_done and not state.unsent:
+            self._forget(sock, lingering)
+        elif self._selector.get_key(sock).events != state.wanted():
+            self._selector.modify(sock, state.wanted())
+
+    def _forget(self, sock: socket.socket, lingering: dict[socket.socket, Lingering]) -> None:
+        del lingering[sock]
+        try:
+            self._selector.unregister(sock)
+        except KeyError:
+            pass  # never registered: its registration failed
+        sock.close()
+
+    def _close_all(self, lingering: dict[socket.socket, Lingering]) -> None:
+        with self._lock:
+            self._stopped = True  # from here on, refuse() closes at once (after the answer)
+            incoming, self._incoming = self._incoming, collections.deque()
+            self._wake_read.close()
+            self._wake_write.close()
+        for sock, _ in incoming:
+            sock.close()
+        for sock in list(lingering):
+            self._forget(sock, lingering)
+        self._selector.close()
+
+
+class Lingering:
+    """A refused connection after its answer started: the bytes of it still to send, when it
+    is closed whatever its peer does, and whether its peer has closed its side."""
+
+    __slots__ = ("unsent", "deadline", "peer_done")
+
+    def __init__(self, unsent: bytes, deadline: float):
+        self.unsent = unsent
+        self.deadline = deadline
+        self.peer_done = False
+
+    def wanted(self) -> int:
+        """The selector events to watch: the peer's input until it ends, writability while
+        some of the answer is unsent."""
+        return (0 if self.peer_done else selectors.EVENT_READ) | (selectors.EVENT_WRITE if self.unsent else 0)
+
+
+def start_answer(sock: socket.socket, data: bytes) -> bytes | None:
+    """Send what a new connection takes of ``data`` now and shut its write side once all of it
+    went; returns what is left to send, or None when the connection already failed."""
+    try:
+        sock.setblocking(False)
+        sent = sock.send(data)
+        if sent == len(data):
+            sock.shutdown(socket.SHUT_WR)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return None
+    return data[sent:]
 
 
 class TcpServer(DaemonServerMixin, socketserver.TCPServer):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cc_daemon.transport import Limits
+from cc_daemon.transport import Limits, Refuser
 from conftest import wait_for
 
 
@@ -188,6 +188,96 @@ def test_connection_cap_answers_503_with_retry_after(make_daemon):
     for sock in held:
         sock.close()
     wait_for(lambda: still_serving(daemon), message="capacity back")
+
+
+def test_over_the_cap_each_new_client_is_answered_at_once_while_others_linger(make_daemon):
+    daemon = make_daemon("tcp", limits=Limits(max_connections=2))
+    held = [raw_connect(daemon) for _ in range(2)]
+    for sock in held:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}\r\n".encode())
+        assert read_response(sock)[0] == 200
+    idle = [raw_connect(daemon) for _ in range(30)]  # refused, and they neither read nor close
+    for attempt in range(3):
+        started = time.monotonic()
+        status, headers, _ = read_response(raw_connect(daemon))
+        assert status == 503 and headers["retry-after"] == "1"
+        assert time.monotonic() - started < 0.4, f"attempt {attempt} waited for the idle ones"
+    for sock in idle + held:
+        sock.close()
+
+
+def read_to_end(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def refuser_closed(peer: socket.socket, within: float) -> bool:
+    """True once the refuser closed its end within ``within`` s: writing to it fails then
+    (while it lingers, what the peer writes is read and dropped)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            peer.send(b"x")
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def refuser():
+    refuser = Refuser()
+    yield refuser
+    refuser.stop()
+
+
+def test_refuser_answers_then_closes_when_the_peer_closes_or_the_linger_ends(refuser, monkeypatch):
+    monkeypatch.setattr(Refuser, "LINGER_S", 60.0)
+    polite, ours = socket.socketpair()
+    polite.sendall(b"GET / HTTP/1.1\r\n\r\n")  # input the refuser must read before closing
+    refuser.refuse(ours)
+    assert read_to_end(polite) == Refuser.RESPONSE  # its write side is shut after the answer
+    polite.shutdown(socket.SHUT_WR)
+    assert refuser_closed(polite, 2)
+    monkeypatch.setattr(Refuser, "LINGER_S", 0.3)
+    silent, ours = socket.socketpair()
+    started = time.monotonic()
+    refuser.refuse(ours)
+    assert read_to_end(silent) == Refuser.RESPONSE
+    assert refuser_closed(silent, 3)  # it never closes its side: the linger ends
+    assert time.monotonic() - started > 0.25
+
+
+def test_refuser_keeps_a_bounded_number_lingering_and_closes_the_oldest(refuser, monkeypatch):
+    monkeypatch.setattr(Refuser, "LINGER_S", 60.0)
+    monkeypatch.setattr(Refuser, "MAX_LINGERING", 4)
+    peers = []
+    for _ in range(10):
+        peer, ours = socket.socketpair()
+        refuser.refuse(ours)
+        peers.append(peer)
+    assert all(read_to_end(peer) == Refuser.RESPONSE for peer in peers)
+    assert all(refuser_closed(peer, 2) for peer in peers[:6])
+    assert not any(refuser_closed(peer, 0.2) for peer in peers[6:])
+    refuser.stop()  # closes whatever still lingers
+    assert all(refuser_closed(peer, 2) for peer in peers[6:])
+
+
+def test_refuser_sends_an_answer_the_socket_could_not_take_at_once(refuser):
+    peer, ours = socket.socketpair()
+    ours.setblocking(False)
+    backlog = 0
+    while True:  # fill the connection so that the answer has to wait for the peer to read
+        try:
+            backlog += ours.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    refuser.refuse(ours)
+    data = read_to_end(peer)
+    assert data[backlog:] == Refuser.RESPONSE and data[:backlog] == b"x" * backlog
 
 
 def test_keep_alive_survives_an_error_response(daemon):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 import sseclient
@@ -84,6 +85,39 @@ def test_no_since_means_live_only(daemon):
     (event,) = take(events, 1)
     assert event["id"] == 6 and event["data"]["params"]["live"] is True
     response.close()
+
+
+def test_a_burst_of_more_than_a_page_reaches_a_live_stream_without_more_news(tcp_daemon):
+    """One commit makes more small events visible than one read of the log takes (512): the
+    live tail goes on reading them, with no further publish to wake it."""
+    response, events = open_stream(tcp_daemon)
+    publish(tcp_daemon, 1)
+    take(events, 1)  # caught up: the stream is handed to the live tail
+    tcp_daemon.daemon.bus.publish_many([("tiny", {"n": n}) for n in range(1500)])
+    started = time.monotonic()
+    got = take(events, 1500)
+    assert [event["data"]["n"] for event in got] == list(range(1500))
+    assert time.monotonic() - started < 5
+    response.close()
+
+
+def test_live_streams_read_together_still_each_get_their_own_view(tcp_daemon):
+    """Caught-up streams share the live tail's read and rendering; the originator's client id
+    still appears in the originator's own streams only."""
+    alice = tcp_daemon.post({"jsonrpc": "2.0", "method": "system.ping", "id": 1}).headers["X-Client-Id"]
+    streams = {who: open_stream(tcp_daemon, headers={"X-Client-Id": alice} if who != "bob" else {})
+               for who in ("alice", "alice again", "bob")}
+    publish(tcp_daemon, 1)
+    for _, events in streams.values():
+        take(events, 1)  # caught up: every stream is handed to the live tail
+    batch = [{"jsonrpc": "2.0", "method": "echo.ping", "params": {"n": n}, "id": n} for n in range(3)]
+    assert tcp_daemon.post(batch, headers={**tcp_daemon.headers(), "X-Client-Id": alice}).status_code == 200
+    seen = {who: take(events, 3) for who, (_, events) in streams.items()}
+    for who in ("alice", "alice again"):
+        assert [event["originator"]["client_id"] for event in seen[who]] == [alice] * 3
+    assert all("client_id" not in event["originator"] and alice not in event["sse"].data for event in seen["bob"])
+    for response, _ in streams.values():
+        response.close()
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5"])
