@@ -546,9 +546,6 @@ def test_a_thousand_connections_keep_a_connected_client_served_and_are_all_relea
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="transport.Refuser drains each refused socket for up to 0.5 s, one after "
-                                       "the other, from a 64-slot queue: under a flood a new client waits ~30 s "
-                                       "for its 503 or is closed without any answer")
 def test_over_the_cap_a_new_client_gets_its_503_at_once(subprocess_daemon):
     running = start_tcp(subprocess_daemon, "--max-connections", "50")
     address = host_port(running)
