@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import API_VERSION, __version__
 from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
@@ -167,7 +167,9 @@ class Daemon:
                                               name="ccd-accept", daemon=True)
         self._serve_thread.start()
         self._write_discovery()
-        self._schedule_flush()
+        self._repeat(5.0, self.clients.flush)  # client ids a failed write left unsaved
+        if self.tokens is not None:
+            self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True
         log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__, self.address.url(),
                  os.getpid(), self.data_dir.root)
@@ -219,13 +221,14 @@ class Daemon:
             package_logger.setLevel(handler.level)
         self._log_handler = handler
 
-    def _schedule_flush(self) -> None:
-        def flush() -> None:
+    def _repeat(self, interval_s: float, job: Callable[[], object]) -> None:
+        """Run ``job`` on the timer thread every ``interval_s`` until the daemon stops."""
+        def run() -> None:
             if self._stop_requested.is_set():
                 return
-            self.clients.flush()
-            self.scheduler.call_later(5.0, flush)
-        self.scheduler.call_later(5.0, flush)
+            job()
+            self.scheduler.call_later(interval_s, run)
+        self.scheduler.call_later(interval_s, run)
 
     def _describe_metrics(self) -> None:
         m = self.metrics

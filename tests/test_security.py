@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 
-from cc_daemon.auth import AuditLog, Throttle
+from cc_daemon.auth import AuditLog, Throttle, TokenStore
 from conftest import cli, short_tmpdir, wait_for
 
 NOBODY = 65534
@@ -192,15 +193,31 @@ def test_rotate_token_takes_effect_at_once_and_closes_old_streams(subprocess_dae
     assert oct((daemon.data_dir / "daemon_token").stat().st_mode & 0o777) == "0o600"
 
 
-def test_hand_edited_token_file_is_followed(tcp_daemon):
-    token_file = tcp_daemon.data_dir / "daemon_token"
-    replacement = "B" * 43
+def replace_token_file(running, token: str) -> None:
+    token_file = running.data_dir / "daemon_token"
     tmp = token_file.with_name("tok.tmp")
-    tmp.write_text(replacement + "\n")
+    tmp.write_text(token + "\n")
     os.replace(tmp, token_file)
-    assert ping(tcp_daemon).status_code == 401
-    tcp_daemon.token = replacement
+
+
+def test_a_hand_written_token_is_accepted_from_its_first_use(tcp_daemon):
+    replace_token_file(tcp_daemon, "B" * 43)
+    old_token, tcp_daemon.token = tcp_daemon.token, "B" * 43
     assert ping(tcp_daemon).json()["result"] == "pong"
+    tcp_daemon.token = old_token
+    assert ping(tcp_daemon).status_code == 401
+
+
+def test_a_hand_replaced_token_is_retired_within_the_file_check_period(tcp_daemon):
+    stream = tcp_daemon.get("/events", stream=True, timeout=(5, 10))
+    chunks = stream.iter_content(chunk_size=None)
+    assert next(chunks).startswith(b"retry:")
+    replace_token_file(tcp_daemon, "C" * 43)  # nobody presents the new token: the periodic check notices
+    started = time.monotonic()
+    wait_for(lambda: ping(tcp_daemon).status_code == 401, timeout=TokenStore.FILE_CHECK_S + 5,
+             message="the old token refused")
+    assert time.monotonic() - started < TokenStore.FILE_CHECK_S + 1
+    assert b"event: shutdown" not in b"".join(chunks)  # its stream was closed too
 
 
 # -- audit ------------------------------------------------------------------------------------
