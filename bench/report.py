@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 Record = dict[str, Any]
 
@@ -218,14 +218,19 @@ def _durable_target(records: list[Record]) -> Verdict:
     return _check(name, fast_enough, detail)
 
 
-def _rss_target(records: list[Record]) -> Verdict:
-    ours, ref = (find(records, bench="memory", server=name) for name in (CCD, REFERENCE))
-    name = "Idle RSS <= 0.6x reference"
+def _at_most_a_share_of_the_reference(records: list[Record], name: str, bench: str, field: str,
+                                      show: Callable[[float], str], share: float = 0.6) -> Verdict:
+    """Our ``field`` of ``bench`` must be at most ``share`` of the reference's (lower is better)."""
+    ours, ref = (find(records, bench=bench, server=server) for server in (CCD, REFERENCE))
     if not ours or not ref:
         return _check(name, None, "not measured" if not ours else "reference not measured")
-    x_ref = ratio(ours["idle_rss_kb"], ref["idle_rss_kb"])
-    return _check(name, x_ref <= 0.6, f"{ours['idle_rss_kb'] / 1024:.1f} MB = {fmt_ratio(x_ref)} reference "
-                                       f"({ref['idle_rss_kb'] / 1024:.1f} MB)")
+    x_ref = ratio(ours[field], ref[field])
+    return _check(name, x_ref <= share, f"{show(ours[field])} = {fmt_ratio(x_ref)} reference ({show(ref[field])})")
+
+
+def _rss_target(records: list[Record]) -> Verdict:
+    return _at_most_a_share_of_the_reference(records, "Idle RSS <= 0.6x reference", "memory", "idle_rss_kb",
+                                             lambda kb: f"{kb / 1024:.1f} MB")
 
 
 def _per_subscriber_target(records: list[Record]) -> Verdict:
@@ -241,13 +246,8 @@ def _per_subscriber_target(records: list[Record]) -> Verdict:
 
 
 def _cold_target(records: list[Record]) -> Verdict:
-    ours, ref = (find(records, bench="cold_start", server=name) for name in (CCD, REFERENCE))
-    name = "Cold start (spawn to first system.ping) <= 0.6x reference"
-    if not ours or not ref:
-        return _check(name, None, "not measured" if not ours else "reference not measured")
-    x_ref = ratio(ours["median_ms"], ref["median_ms"])
-    return _check(name, x_ref <= 0.6, f"{ours['median_ms']:.0f} ms = {fmt_ratio(x_ref)} reference "
-                                       f"({ref['median_ms']:.0f} ms)")
+    return _at_most_a_share_of_the_reference(records, "Cold start (spawn to first system.ping) <= 0.6x reference",
+                                             "cold_start", "median_ms", lambda ms: f"{ms:.0f} ms")
 
 
 def verdict_table(results: list[Verdict]) -> str:
