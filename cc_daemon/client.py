@@ -139,13 +139,14 @@ class InternalError(RpcCallError):
 
 
 class NotOriginator(RpcCallError):
-    """-32001 (HTTP 403): only the originator of a permission request may answer or refresh it."""
+    """-32001 (HTTP 403): no permission request of ours has that id (another client's, or none:
+    the daemon answers both alike, so that ids cannot be probed)."""
 
     code = -32001
 
 
 class UnknownRequest(RpcCallError):
-    """-32002: the permission request does not exist or is already resolved."""
+    """-32002: our permission request is already resolved; ``data["state"]`` says how."""
 
     code = -32002
 
@@ -772,8 +773,8 @@ class Permissions:
 
     def answer(self, request_id: str, approve: bool, *, reason: str | None = None,
                remember: bool | None = None) -> dict[str, Any]:
-        """Approve or deny; raises ``NotOriginator`` when this client did not originate the
-        request and ``UnknownRequest`` when it is unknown or already resolved."""
+        """Approve or deny; raises ``NotOriginator`` when no request of this client has that id
+        and ``UnknownRequest`` when it is already resolved."""
         result = _params(approve=approve, reason=reason, remember=remember)
         return self._client.call("permission.answer", request_id=request_id, result=result)
 

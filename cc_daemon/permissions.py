@@ -6,9 +6,9 @@ that announce each step. Resolved requests are remembered for a while (bounded) 
 a late answer gets "already resolved", and so that a non-originator cannot tell a
 resolved request from a pending one.
 
-Check order, chosen so a non-originator learns nothing: (1) does the id exist at all
-(-32002 otherwise), (2) is the caller its originator (-32001 otherwise), (3) is it still
-pending (-32002 otherwise).
+Check order, chosen so a non-originator learns nothing, not even whether an id exists:
+(1) is the id one of the caller's requests (-32001 otherwise, for an unknown id too),
+(2) is it still pending (-32002 otherwise).
 
 Must not: know about HTTP or JSON-RPC framing (it raises ``RpcError`` with the contract's
 codes, which are part of the domain here), or how a runtime is told the answer (callers
@@ -159,9 +159,7 @@ class PermissionStore:
 
     def get(self, request_id: str, caller: Any) -> PermissionRequest:
         with self._lock:
-            request = self._find(request_id)
-            self._check_originator(request, caller)
-            return request
+            return self._own(request_id, caller)
 
     def list_pending(self, caller: Any) -> list[PermissionRequest]:
         """``caller``'s own pending requests (``caller``: anything with ``client_key``)."""
@@ -217,22 +215,21 @@ class PermissionStore:
                     request.timer.cancel()
 
     # -- internals --------------------------------------------------------------------------
-    def _find(self, request_id: str) -> PermissionRequest:
+    def _own(self, request_id: str, caller: Any) -> PermissionRequest:
+        """``caller``'s request ``request_id``, pending or recently resolved.
+
+        Anything else is -32001, an id that does not exist included: answering those -32002
+        would let a non-originator probe which ids exist. So the originator check comes
+        first, and only the originator learns a request's state.
+        """
         request = self._pending.get(request_id) or self._resolved.get(request_id)
-        if request is None:
-            raise RpcError(UNKNOWN_REQUEST, f"Unknown permission request: {request_id}",
+        if request is None or not request.originator.is_held_by(caller):
+            raise RpcError(NOT_ORIGINATOR, "Only the originator of a permission request may act on it",
                            {"request_id": request_id})
         return request
 
-    @staticmethod
-    def _check_originator(request: PermissionRequest, caller: Any) -> None:
-        if not request.originator.is_held_by(caller):
-            raise RpcError(NOT_ORIGINATOR, "Only the originator of this request may act on it",
-                           {"request_id": request.request_id})
-
     def _pending_for(self, request_id: str, caller: Any) -> PermissionRequest:
-        request = self._find(request_id)
-        self._check_originator(request, caller)
+        request = self._own(request_id, caller)
         if request.state != PENDING:
             raise RpcError(UNKNOWN_REQUEST, f"Permission request {request_id} is already {request.state}",
                            {"request_id": request_id, "state": request.state})

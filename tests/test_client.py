@@ -121,9 +121,11 @@ def test_typed_errors_carry_code_message_and_data(daemon):
         with pytest.raises(InvalidParams) as invalid:
             client.call("permission.answer", request_id="pr_x")
         assert invalid.value.code == -32602 and invalid.value.data["field"] == "result"
-        with pytest.raises(UnknownRequest) as unknown:
-            client.permissions.approve("pr_0000000000000000")
-        assert unknown.value.data == {"request_id": "pr_0000000000000000"}
+        request_id = client.permissions.demo()["request_id"]
+        client.permissions.deny(request_id)
+        with pytest.raises(UnknownRequest) as resolved:
+            client.permissions.approve(request_id)
+        assert resolved.value.data == {"request_id": request_id, "state": "answered"}
 
 
 def test_session_errors_are_typed_too(make_daemon, tmp_path):

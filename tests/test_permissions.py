@@ -68,14 +68,28 @@ def test_non_originator_gets_403_and_minus_32001(daemon, alice, bob):
     assert bob.call("permission.list") == {"pending": []}  # only one's own
 
 
-def test_unknown_and_resolved_requests_are_minus_32002(alice, bob):
-    with pytest.raises(UnknownRequest) as unknown:
+def test_an_unknown_id_and_someone_elses_get_the_same_answer(daemon, alice, bob):
+    created = alice.call("permission.demo")
+    answers = []
+    for request_id in (created["request_id"], "pr_0000000000000000"):  # alice's, and nobody's
+        for method, params in (("permission.answer", {"result": {"approve": True}}), ("permission.get", {}),
+                               ("permission.refresh_timeout", {"extend_s": 60})):
+            response = daemon.post({"jsonrpc": "2.0", "method": method, "params": {"request_id": request_id, **params},
+                                    "id": 1}, headers={**daemon.headers(), "X-Client-Id": bob.client_id})
+            error = response.json()["error"]
+            assert error["data"] == {"request_id": request_id}
+            answers.append((method, response.status_code, error["code"], error["message"]))
+    assert answers[:3] == answers[3:] and {code for _, _, code, _ in answers} == {-32001}
+    with pytest.raises(NotOriginator):  # nobody is the originator of an id that does not exist
         alice.call("permission.answer", request_id="pr_0000000000000000", result={"approve": True})
-    assert unknown.value.data == {"request_id": "pr_0000000000000000"}
+
+
+def test_only_the_originator_learns_that_its_request_is_resolved(alice, bob):
     created = alice.call("permission.demo")
     alice.call("permission.answer", request_id=created["request_id"], result={"approve": False})
-    with pytest.raises(UnknownRequest):
+    with pytest.raises(UnknownRequest) as resolved:
         alice.call("permission.answer", request_id=created["request_id"], result={"approve": True})
+    assert resolved.value.data == {"request_id": created["request_id"], "state": "answered"}
     # A non-originator cannot tell resolved from pending: still "not the originator".
     with pytest.raises(NotOriginator):
         bob.call("permission.answer", request_id=created["request_id"], result={"approve": True})

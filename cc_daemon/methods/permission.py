@@ -13,8 +13,9 @@ ANSWER = object_schema({
     "remember": {"type": "boolean"},
 }, ("approve",))
 SUMMARY = {"type": "object", "required": ["request_id", "tool", "input", "rationale", "expires_at"]}
-ORIGINATOR_ERRORS = (ErrorSpec(NOT_ORIGINATOR, "not the originator (HTTP 403)"),
-                     ErrorSpec(UNKNOWN_REQUEST, "unknown or already resolved request"))
+ORIGINATOR_ERRORS = (ErrorSpec(NOT_ORIGINATOR, "no request of the caller's has this id: another client's, or none "
+                                                "(HTTP 403; the same answer, so ids cannot be probed)"),
+                     ErrorSpec(UNKNOWN_REQUEST, "the caller's request is already resolved (data.state says how)"))
 
 
 def register(registry: Registry, context: MethodContext) -> None:
