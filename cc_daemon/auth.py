@@ -53,6 +53,7 @@ class TokenStore:
         self._lock = threading.Lock()
         self._token: bytes | None = None
         self._file_stamp: tuple[int, int] | None = None
+        self._read_failure: str | None = None  # the last reason the file could not be read, once logged
         #: Bumped on every change, so streams opened with an older token can be ended.
         self.generation = 0
         #: Called (without the lock) after the token changed underneath us.
@@ -85,10 +86,11 @@ class TokenStore:
         current = self._token  # one attribute read: always a whole token, old or new
         if current is not None and secrets.compare_digest(candidate, current):
             return True
-        if not self.reload_if_changed():
-            return False
-        current = self._token
-        return current is not None and secrets.compare_digest(candidate, current)
+        self.reload_if_changed()
+        # Compared again whoever reloaded: another request or the timer may have done it
+        # since our first read, and then our own reload finds nothing new.
+        latest = self._token
+        return latest is not current and latest is not None and secrets.compare_digest(candidate, latest)
 
     def reload_if_changed(self) -> bool:
         """Follow the file if someone rewrote it (a user, an older CLI); True if the token changed."""
@@ -110,8 +112,16 @@ class TokenStore:
     def _read_file(self) -> bool:
         try:
             text = self.path.read_text(encoding="ascii").strip()
-        except (FileNotFoundError, UnicodeDecodeError):
+        except FileNotFoundError:
+            return False  # before the first start, or between a user's delete and write
+        except (OSError, UnicodeDecodeError) as exc:
+            # A directory, unreadable, not text: the token in memory stays until a good file
+            # is back. Looked at again every check (it may be mid-write), but said once.
+            if str(exc) != self._read_failure:
+                self._read_failure = str(exc)
+                log.warning("cannot read the token file %s (%s); keeping the current token", self.path, exc)
             return False
+        self._read_failure = None
         if not text:
             return False
         if self._token is not None and text.encode() != self._token:

@@ -222,11 +222,15 @@ class Daemon:
         self._log_handler = handler
 
     def _repeat(self, interval_s: float, job: Callable[[], object]) -> None:
-        """Run ``job`` on the timer thread every ``interval_s`` until the daemon stops."""
+        """Run ``job`` on the timer thread every ``interval_s`` until the daemon stops; a run
+        that fails (a token file unreadable for a moment) is logged and the next one still comes."""
         def run() -> None:
             if self._stop_requested.is_set():
                 return
-            job()
+            try:
+                job()
+            except Exception:
+                log.exception("periodic %s failed; retrying in %.0f s", getattr(job, "__qualname__", job), interval_s)
             self.scheduler.call_later(interval_s, run)
         self.scheduler.call_later(interval_s, run)
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from cc_daemon import auth
 from cc_daemon.auth import AuditLog, Throttle, TokenStore
 from conftest import cli, short_tmpdir, wait_for
 
@@ -208,6 +209,24 @@ def test_a_hand_written_token_is_accepted_from_its_first_use(tcp_daemon):
     assert ping(tcp_daemon).status_code == 401
 
 
+def test_a_hand_written_token_is_accepted_when_someone_else_reloaded_it_first(tmp_path, monkeypatch):
+    store = TokenStore(tmp_path / "daemon_token")
+    store.load_or_create()
+    replacement = "D" * 43
+    (tmp_path / "daemon_token").write_text(replacement + "\n")
+    compare = auth.secrets.compare_digest
+
+    def compare_after_a_reload_elsewhere(presented, current):
+        monkeypatch.setattr(auth.secrets, "compare_digest", compare)
+        reload = threading.Thread(target=store.reload_if_changed)  # the timer, between our read and our reload
+        reload.start()
+        reload.join()
+        return compare(presented, current)
+
+    monkeypatch.setattr(auth.secrets, "compare_digest", compare_after_a_reload_elsewhere)
+    assert store.verify(replacement)
+
+
 def test_a_hand_replaced_token_is_retired_within_the_file_check_period(tcp_daemon):
     stream = tcp_daemon.get("/events", stream=True, timeout=(5, 10))
     chunks = stream.iter_content(chunk_size=None)
@@ -219,6 +238,23 @@ def test_a_hand_replaced_token_is_retired_within_the_file_check_period(tcp_daemo
     assert time.monotonic() - started < TokenStore.FILE_CHECK_S + 1
     assert b"event: shutdown" not in b"".join(chunks)  # its stream was closed too
 
+
+
+def test_an_unreadable_token_file_keeps_the_token_and_a_good_one_is_followed_again(tcp_daemon):
+    token_file = tcp_daemon.data_dir / "daemon_token"
+    token_file.unlink()
+    token_file.mkdir()  # unreadable as a file, for requests and for the periodic check
+    log_file = tcp_daemon.data_dir / "logs" / "daemon.log"
+    wait_for(lambda: "cannot read the token file" in log_file.read_text(), timeout=TokenStore.FILE_CHECK_S + 5,
+             message="the periodic check noticed")
+    assert ping(tcp_daemon).json()["result"] == "pong"  # the token in memory still works
+    right_token, tcp_daemon.token = tcp_daemon.token, "F" * 43
+    assert ping(tcp_daemon).status_code == 401  # a wrong one looks at the file and is refused, not a 500
+    token_file.rmdir()
+    replace_token_file(tcp_daemon, "E" * 43)
+    tcp_daemon.token = right_token
+    wait_for(lambda: ping(tcp_daemon).status_code == 401, timeout=TokenStore.FILE_CHECK_S + 5,
+             message="the old token refused by a later periodic check")
 
 # -- audit ------------------------------------------------------------------------------------
 def test_audit_records_each_decision_and_successes_once_per_connection(tcp_daemon):
