@@ -110,6 +110,9 @@ class TokenStore:
         return changed
 
     def _read_file(self) -> bool:
+        # Stamped before reading: a write landing between the two then looks like a change
+        # at the next check, instead of its token never being read.
+        stamp = file_stamp(self.path)
         try:
             text = self.path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
@@ -127,7 +130,7 @@ class TokenStore:
         if self._token is not None and text.encode() != self._token:
             self.generation += 1
         self._token = text.encode("ascii")
-        self._file_stamp = file_stamp(self.path)
+        self._file_stamp = stamp
         return True
 
     def _write_new(self) -> None:
@@ -141,8 +144,8 @@ class TokenStore:
 
 def file_stamp(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)  # not Path.stat: this runs once per request
-    except FileNotFoundError:
+        st = os.stat(path)  # not Path.stat: this runs on every failed verify
+    except OSError:  # missing, or its directory is not searchable: nothing to follow
         return None
     return st.st_ino, st.st_mtime_ns
 

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -225,6 +226,25 @@ def test_a_hand_written_token_is_accepted_when_someone_else_reloaded_it_first(tm
 
     monkeypatch.setattr(auth.secrets, "compare_digest", compare_after_a_reload_elsewhere)
     assert store.verify(replacement)
+
+
+def test_a_token_written_while_the_file_is_being_read_is_not_missed(tmp_path, monkeypatch):
+    store = TokenStore(tmp_path / "daemon_token")
+    store.load_or_create()
+    token_file = tmp_path / "daemon_token"
+    token_file.write_text("G" * 43 + "\n")
+    read_text = Path.read_text
+
+    def read_then_overwrite(path, *args, **kwargs):
+        text = read_text(path, *args, **kwargs)
+        monkeypatch.setattr(Path, "read_text", read_text)
+        token_file.write_text("H" * 43 + "\n")  # the user's next write lands between read and stamp
+        os.utime(token_file, ns=(1, 1))  # a different stamp for sure, whatever the clock's grain
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_then_overwrite)
+    assert store.reload_if_changed() and store.verify("G" * 43)
+    assert store.verify("H" * 43)  # the newer write is seen, not hidden behind a stamp taken after it
 
 
 def test_a_hand_replaced_token_is_retired_within_the_file_check_period(tcp_daemon):
