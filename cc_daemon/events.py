@@ -409,13 +409,6 @@ class Subscription:
             if wanted:
                 return wanted
 
-    def rewind(self, to_id: int) -> None:
-        """Read again from after ``to_id`` (at most the cursor): for a reader that took more
-        than it could pass on. What the store no longer holds by then comes as a ``gap``."""
-        if to_id > self.cursor:
-            raise ValueError(f"cannot rewind forward from {self.cursor} to {to_id}")
-        self.cursor = to_id
-
     def close(self) -> None:
         self._bus._forget(self)
 
