@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .identity import trim
+from .lru import remember
 from .storage import PrivateRotatingFileHandler, atomic_write
 
 log = logging.getLogger("cc_daemon.auth")
@@ -226,12 +226,9 @@ class Throttle:
             while recent and recent[0] <= now - self.window_s:
                 recent.popleft()
             if len(recent) >= self.max_failures:
-                self._locked_until[peer] = now + self.lockout_s
-                self._locked_until.move_to_end(peer)
-                trim(self._locked_until, self.max_peers)
+                remember(self._locked_until, peer, now + self.lockout_s, self.max_peers)
                 return True
-            self._failures[peer] = recent
-            trim(self._failures, self.max_peers)
+            remember(self._failures, peer, recent, self.max_peers)
             return False
 
     def size(self) -> int:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .events import Originator
+from .lru import remember
 from .state import RecordsNotStored, RecordTable
 from .storage import atomic_write
 
@@ -107,8 +108,7 @@ class ClientRegistry:
         now = self._clock()
         record = ClientRecord(self.key_of(client_id), kind, now, now)
         with self._lock:
-            self._provisional[record.client_key] = record
-            trim(self._provisional, self._max_provisional)
+            remember(self._provisional, record.client_key, record, self._max_provisional)
         return self._caller(client_id, record, transport, peer)
 
     def confirm(self, caller: Caller) -> None:
@@ -173,9 +173,8 @@ class ClientRegistry:
             return record, confirmed_now
 
     def _remember(self, record: ClientRecord) -> None:
-        self._known[record.client_key] = record
         self._changed.add(record.client_key)
-        self._removed.update(trim(self._known, self._max_clients))
+        self._removed.update(remember(self._known, record.client_key, record, self._max_clients))
 
     def _expire_idle(self) -> None:
         horizon = self._clock() - self._idle_expiry_s
@@ -195,14 +194,6 @@ class ClientRegistry:
             if CLIENT_KEY_RE.match(record.client_key):
                 self._known[record.client_key] = record
         self._expire_idle()
-
-
-def trim(table: OrderedDict, limit: int) -> list:
-    """Drop the oldest entries of an LRU-ordered table beyond ``limit``; returns their keys."""
-    dropped = []
-    while len(table) > limit:
-        dropped.append(table.popitem(last=False)[0])
-    return dropped
 
 
 def load_or_create_key(path: Path) -> bytes:

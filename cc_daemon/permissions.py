@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .events import EventBus, Originator
-from .rpc import NOT_ORIGINATOR, UNKNOWN_REQUEST, RpcError
+from .errors import NOT_ORIGINATOR, UNKNOWN_REQUEST
+from .rpc import RpcError
 from .state import RecordsNotStored, RecordTable
 from .timers import Scheduler, TimerHandle
 

@@ -25,28 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cc_daemon.rpc")
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-
-#: Domain errors of RFC 0001 (ours continue downwards from -32003; see docs/RFC).
-NOT_ORIGINATOR = -32001
-UNKNOWN_REQUEST = -32002
-#: The durable store refused a write (disk full, corruption): nothing was acknowledged.
-STORAGE_UNAVAILABLE = -32003
-
-STANDARD_MESSAGES = {
-    PARSE_ERROR: "Parse error",
-    INVALID_REQUEST: "Invalid Request",
-    METHOD_NOT_FOUND: "Method not found",
-    INVALID_PARAMS: "Invalid params",
-    INTERNAL_ERROR: "Internal error",
-}
-
-#: The one domain error answered with a non-200 status (contract §3).
-HTTP_STATUS_FOR_CODE = {NOT_ORIGINATOR: 403}
+from .errors import (HTTP_STATUS_FOR_CODE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+                     PARSE_ERROR)
 
 _MISSING = object()
 

@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
+                     SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from .events import BusClosed, EventBus, EventNotDurable, Originator
 from .identity import Caller
+from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .rpc import RpcError
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
@@ -54,14 +57,6 @@ ENDED_STATES = frozenset({PARKED, STOPPED, FAILED})
 INTERACTIVE, UNATTENDED = "interactive", "unattended"
 #: ``approve_via`` values that are policies; any other value names a client kind.
 APPROVE_DENY, APPROVE_ALLOW = "deny", "allow"
-
-# -- domain errors (RFC 0004 §errors; -32003..-32009 are reserved by the core) ---------------
-SESSION_NOT_FOUND = -32010
-SESSION_LIMIT = -32011
-RUNTIME_UNAVAILABLE = -32012
-TURN_QUEUE_FULL = -32013
-SESSION_NOT_ACCEPTING = -32014
-APPROVER_REFUSED = -32015
 
 TURN_STATUSES = ("completed", "cancelled", "failed", "dropped")
 
@@ -194,9 +189,7 @@ class Session:
             # Recorded first: a turn the log cannot hold is refused (-32003), never half-accepted.
             self._publish("turn_queued", {"turn_id": turn.turn_id, "message_id": turn.message_id, "text": text,
                                           "position": len(self._queue) + 1}, turn.originator, acknowledged=True)
-            self._message_ids[turn.message_id] = turn
-            while len(self._message_ids) > self.manager.limits.max_message_ids:
-                self._message_ids.popitem(last=False)
+            remember(self._message_ids, turn.message_id, turn, self.manager.limits.max_message_ids)
             self._turns_accepted += 1
             self.claim_approver(caller, explicit=False)
             self._queue.append(turn)
@@ -635,10 +628,7 @@ class SessionManager:
     def session_ended(self, session: Session) -> None:
         """Keep at most ``max_ended_sessions`` ended sessions around; forget the oldest."""
         with self._lock:
-            self._ended[session.session_id] = None
-            self._ended.move_to_end(session.session_id)
-            while len(self._ended) > self.limits.max_ended_sessions:
-                oldest, _ = self._ended.popitem(last=False)
+            for oldest in remember(self._ended, session.session_id, None, self.limits.max_ended_sessions):
                 if self._sessions.get(oldest) is not None and self._sessions[oldest].state in ENDED_STATES:
                     del self._sessions[oldest]
 

@@ -7,7 +7,6 @@ reconnection after a token rotation and across daemon restarts with nothing lost
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import stat
@@ -17,7 +16,7 @@ import pytest
 
 from cc_daemon import API_VERSION_HEADER
 from cc_daemon.client import (Client, EventGap, InvalidParams, InvalidRequest, MethodNotFound, NoAnswer,
-                              NotOriginator, NotRunning, RateLimited, RpcCallError, RuntimeUnavailable,
+                              NotOriginator, NotRunning, RateLimited, RuntimeUnavailable,
                               SessionLimit, SessionNotAccepting, SessionNotFound, Unauthenticated,
                               UnknownRequest, VersionMismatch, discover)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cc_daemon.client import RpcCallError
-from cc_daemon.sessions import RUNTIME_UNAVAILABLE
+from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
 from conftest import Running, short_tmpdir, wait_for
 from fakes.frontend import Watcher, client_of, wait_state

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from cc_daemon.client import RpcCallError
 from cc_daemon.runtimes import protocol
 from cc_daemon.runtimes.protocol import FROM_RUNTIME, LineSplitter, Oversized, ProtocolError, decode, encode
-from cc_daemon.sessions import RUNTIME_UNAVAILABLE
+from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
-from fakes.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude, wait_state
+from fakes.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude
 
 VALID_FROM_RUNTIME = [
     {"type": "ready", "protocol": 1, "runtime": "x", "version": "1"},

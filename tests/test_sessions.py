@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from cc_daemon import __version__
 from cc_daemon.client import InvalidParams, NotOriginator, RpcCallError
-from cc_daemon.sessions import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
-                                SESSION_NOT_FOUND, TURN_QUEUE_FULL)
+from cc_daemon.errors import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
+                              SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from cc_daemon.supervisor import SupervisionConfig
 
 from conftest import cli, wait_for

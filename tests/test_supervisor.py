@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cc_daemon.client import RpcCallError
-from cc_daemon.sessions import SESSION_NOT_ACCEPTING
+from cc_daemon.errors import SESSION_NOT_ACCEPTING
 from cc_daemon.supervisor import (FAILED, PARK, RESTART, STOPPED, ExitInfo, RestartTracker, SupervisionConfig,
                                   child_env)
 

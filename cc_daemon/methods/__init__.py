@@ -17,7 +17,8 @@ from ..eventlog import SqliteEventStore
 from ..events import EventBus, EventNotDurable
 from ..identity import ClientRegistry
 from ..permissions import PermissionStore
-from ..rpc import STORAGE_UNAVAILABLE, Registry, RpcError
+from ..errors import STORAGE_UNAVAILABLE
+from ..rpc import Registry, RpcError
 from ..sessions import SessionManager
 from ..state import RecordsNotStored
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import INVALID_PARAMS, NOT_ORIGINATOR, UNKNOWN_REQUEST
 from ..permissions import INTERACTIVE_TIMEOUT_S, MAX_LIFETIME_S, PermissionRequest
-from ..rpc import INVALID_PARAMS, NOT_ORIGINATOR, UNKNOWN_REQUEST, Call, ErrorSpec, Registry, RpcError, object_schema
+from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
 from . import MethodContext
 
 REQUEST_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "pr_<16 hex>"}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rpc import INVALID_PARAMS, Call, ErrorSpec, Registry, RpcError, object_schema
-from ..sessions import (APPROVE_DENY, APPROVER_REFUSED, INTERACTIVE, RUNTIME_UNAVAILABLE, SESSION_LIMIT,
-                        SESSION_NOT_ACCEPTING, SESSION_NOT_FOUND, STATES, TURN_QUEUE_FULL, UNATTENDED, SessionSpec)
+from ..errors import (APPROVER_REFUSED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
+                      SESSION_NOT_FOUND, TURN_QUEUE_FULL)
+from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
+from ..sessions import APPROVE_DENY, INTERACTIVE, STATES, UNATTENDED, SessionSpec
 from ..supervisor import RESTART_POLICIES
 from . import MethodContext
 
