@@ -1,124 +1,54 @@
-"""Fixtures that start real daemons (in-process and as subprocesses) and talk to them over the wire."""
+"""Fixtures for the whole suite: a private home for every test, and real daemons to talk to.
+
+The helpers behind the fixtures are in ``helpers/``; no test module imports another.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
-import requests
-import requests_unixsocket
 
-from cc_daemon import API_VERSION, API_VERSION_HEADER
-from cc_daemon.client import Client, Endpoint
-from cc_daemon.daemon import Daemon, DaemonOptions
-from cc_daemon.storage import DataDir
-from cc_daemon.transport import ListenAddress
+from helpers.daemons import Running, in_process, short_tmpdir, spawn_daemon
+
+#: Where a test's private home goes; ``HOME``, ``$CHEETAHCLAWS_HOME`` and ``$XDG_RUNTIME_DIR``
+#: all point inside it, so that nothing a test (or a CLI it runs) does lands in a real home.
+PRIVATE_HOME_VARIABLES = {"HOME": "home", "CHEETAHCLAWS_HOME": "home/.cheetahclaws", "XDG_RUNTIME_DIR": "run"}
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,
-             message: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy, failing after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+@pytest.fixture(autouse=True)
+def private_home(monkeypatch) -> Iterator[Path]:
+    """Every test gets a throwaway home; subprocesses inherit it through the environment.
 
-
-def short_tmpdir() -> Path:
-    """A temp dir short enough for a Unix socket path (pytest's tmp_path can be too long)."""
-    return Path(tempfile.mkdtemp(prefix="ccd-", dir="/tmp"))
-
-
-class Running:
-    """A daemon under test plus the means to talk to it like a user would."""
-
-    def __init__(self, data_dir: Path, address: str, token: str | None, daemon: Daemon | None = None,
-                 process: subprocess.Popen | None = None):
-        self.data_dir = data_dir
-        self.address = address
-        self.token = token
-        self.daemon = daemon
-        self.process = process
-        endpoint = Endpoint.from_address(address, token)
-        self.base_url = endpoint.base_url
-        self.http = requests_unixsocket.Session()
-
-    @property
-    def is_unix(self) -> bool:
-        return self.address.startswith("unix://")
-
-    def headers(self, **extra: str) -> dict[str, str]:
-        headers = {API_VERSION_HEADER: API_VERSION, "Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        headers.update({k.replace("_", "-"): v for k, v in extra.items()})
-        return headers
-
-    def post(self, body, headers: dict | None = None, raw: bool = False, **kwargs) -> requests.Response:
-        data = body if raw else json.dumps(body)
-        return self.http.post(self.base_url + "/rpc", data=data,
-                              headers=headers if headers is not None else self.headers(), timeout=10, **kwargs)
-
-    def get(self, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return self.http.get(self.base_url + path, headers=headers if headers is not None else self.headers(),
-                             **kwargs)
-
-    def rpc(self, method: str, params=None, client_id: str | None = None, **kwargs):
-        message = {"jsonrpc": "2.0", "method": method, "id": 1}
-        if params is not None:
-            message["params"] = params
-        headers = self.headers(**({"X-Client-Id": client_id} if client_id else {}))
-        return self.post(message, headers=headers, **kwargs).json()
-
-    def client(self, kind: str = "test", **kwargs) -> Client:
-        return Client(Endpoint.from_address(self.address, self.token), kind=kind, client_id=None, **kwargs)
-
-
-def _in_process(transport: str, **option_overrides) -> Iterator[Running]:
+    Short paths under /tmp, not pytest's tmp_path: a Unix socket under the home must fit in
+    the kernel's 108 bytes."""
     root = short_tmpdir()
-    layout = DataDir(root)
-    listen = (ListenAddress.unix(layout.default_socket) if transport == "unix"
-              else ListenAddress.parse("tcp://127.0.0.1:0"))
-    options = DaemonOptions(listen=listen, data_dir=layout, **option_overrides)
-    daemon = Daemon(options)
-    daemon.start()
-    token = daemon.tokens.path.read_text().strip() if daemon.tokens else None
-    running = Running(root, daemon.address.url(), token, daemon=daemon)
-    try:
-        yield running
-    finally:
-        daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    for variable, relative in PRIVATE_HOME_VARIABLES.items():
+        path = root / relative
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        monkeypatch.setenv(variable, str(path))
+    yield root / "home"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["tcp", "unix"])
 def daemon(request) -> Iterator[Running]:
     """An in-process daemon, once over TCP and once over a Unix socket."""
-    yield from _in_process(request.param)
+    yield from in_process(request.param)
 
 
 @pytest.fixture
 def tcp_daemon() -> Iterator[Running]:
-    yield from _in_process("tcp")
+    yield from in_process("tcp")
 
 
 @pytest.fixture
 def unix_daemon() -> Iterator[Running]:
-    yield from _in_process("unix")
+    yield from in_process("unix")
 
 
 @pytest.fixture
@@ -127,38 +57,13 @@ def make_daemon():
     started: list[Iterator[Running]] = []
 
     def make(transport: str = "tcp", **options) -> Running:
-        generator = _in_process(transport, **options)
+        generator = in_process(transport, **options)
         started.append(generator)
         return next(generator)
 
     yield make
     for generator in started:
         next(generator, None)
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would (``python -m cc_daemon``)."""
-    return subprocess.run([sys.executable, "-m", "cc_daemon", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)
-
-
-def spawn_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
-    """Start ``serve`` as a subprocess and wait until it answers; returns (process, discovery)."""
-    process = subprocess.Popen([sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(data_dir), *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    discovery = data_dir / "daemon.json"
-
-    def ready():
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited {process.returncode}: {process.stderr.read()}")
-        try:
-            info = json.loads(discovery.read_text())
-        except (OSError, ValueError):
-            return None
-        return info if info.get("pid") == process.pid else None  # not a stale file from a dead run
-
-    info = wait_for(ready, 20, message="daemon discovery file")
-    return process, info
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import cli, short_tmpdir, wait_for
+from helpers.daemons import cli, short_tmpdir, wait_for
 
 from cc_daemon.commands import build_parser
 

@@ -11,14 +11,7 @@ import sys
 
 import pytest
 
-from conftest import cli, short_tmpdir, spawn_daemon, wait_for
-
-
-def test_three_entry_points_answer_help():
-    for command in (["cheetahclaws"], ["cc-daemon"], [sys.executable, "-m", "cc_daemon"]):
-        result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, command
-        assert "serve" in result.stdout and "daemon" in result.stdout
+from helpers.daemons import cli, short_tmpdir, spawn_daemon, wait_for
 
 
 # Loaded on first use, not by a daemon that only started and answered pings: each would add

@@ -20,7 +20,7 @@ from cc_daemon.client import (Client, EventGap, InvalidParams, InvalidRequest, M
                               SessionLimit, SessionNotAccepting, SessionNotFound, Unauthenticated,
                               UnknownRequest, VersionMismatch, discover)
 
-from conftest import spawn_daemon, wait_for
+from helpers.daemons import spawn_daemon, wait_for
 
 
 def connect(running, kind="test", **kwargs) -> Client:

@@ -23,8 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from cc_daemon.eventlog import (COMPONENT, MIGRATIONS, SchemaTooNew, SqliteEventStore, check_database, memory_of,
                                 migrate, open_database)
 from cc_daemon.events import Event, EventBus, EventFilter, EventNotDurable, Gap, Originator, compact_json
-from conftest import cli, wait_for
-from test_sse import open_stream, publish, take
+from helpers.daemons import cli, wait_for
+from helpers.sse import open_stream, publish, take
 
 ALICE = Originator("a" * 64, "ref-alice", "repl")
 #: A viewer holding ALICE's key, as the transport's caller does.

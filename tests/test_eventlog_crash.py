@@ -15,7 +15,7 @@ import requests
 import requests_unixsocket
 import sseclient
 
-from conftest import Running, short_tmpdir, wait_for
+from helpers.daemons import Running, short_tmpdir, wait_for
 
 PUBLISHERS = 3
 

@@ -22,8 +22,8 @@ import pytest
 from cc_daemon.client import RpcCallError
 from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
-from conftest import Running, short_tmpdir, wait_for
-from fakes.frontend import Watcher, client_of, wait_state
+from helpers.daemons import Running, short_tmpdir, wait_for
+from helpers.frontend import Watcher, client_of, wait_state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import short_tmpdir
+from helpers.daemons import short_tmpdir
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "curl.sh"
 

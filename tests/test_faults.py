@@ -35,9 +35,9 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import Running, cli, short_tmpdir, spawn_daemon, wait_for
-from fakes.frontend import FAKES, Watcher, client_of, wait_state
-from test_sse import check_exact, publish, stalled_reader
+from helpers.daemons import Running, cli, short_tmpdir, spawn_daemon, wait_for
+from helpers.frontend import FAKES, Watcher, client_of, wait_state
+from helpers.sse import check_exact, publish, stalled_reader
 
 MB = 1 << 20
 PING = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cc_daemon.transport import Limits, Refuser
-from conftest import wait_for
+from helpers.daemons import wait_for
 
 
 def raw_connect(daemon) -> socket.socket:

@@ -14,7 +14,7 @@ from cc_daemon.state import RecordsNotStored, RecordTable
 from cc_daemon.storage import DataDir
 from cc_daemon.timers import Scheduler
 from cc_daemon.transport import ListenAddress
-from conftest import cli, wait_for
+from helpers.daemons import cli, wait_for
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from cc_daemon.runtimes import protocol
 from cc_daemon.runtimes.protocol import FROM_RUNTIME, LineSplitter, Oversized, ProtocolError, decode, encode
 from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
-from fakes.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude
+from helpers.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude
 
 VALID_FROM_RUNTIME = [
     {"type": "ready", "protocol": 1, "runtime": "x", "version": "1"},

@@ -12,7 +12,7 @@ import pytest
 
 from cc_daemon import auth
 from cc_daemon.auth import AuditLog, Throttle, TokenStore
-from conftest import cli, short_tmpdir, wait_for
+from helpers.daemons import cli, short_tmpdir, wait_for
 
 NOBODY = 65534
 

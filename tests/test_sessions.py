@@ -18,8 +18,8 @@ from cc_daemon.errors import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_LIM
                               SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from cc_daemon.supervisor import SupervisionConfig
 
-from conftest import cli, wait_for
-from fakes.frontend import Watcher, client_of, is_alive, wait_state
+from helpers.daemons import cli, wait_for
+from helpers.frontend import Watcher, client_of, is_alive, wait_state
 
 FAST = SupervisionConfig(backoff_base_s=0.05, backoff_max_s=0.2, stop_grace_s=0.5, kill_after_s=1.0,
                          cancel_grace_s=1.0)

@@ -18,8 +18,8 @@ from cc_daemon.errors import SESSION_NOT_ACCEPTING
 from cc_daemon.supervisor import (FAILED, PARK, RESTART, STOPPED, ExitInfo, RestartTracker, SupervisionConfig,
                                   child_env)
 
-from conftest import wait_for
-from fakes.frontend import ENTRYPOINT_DIR, Watcher, client_of, is_alive, wait_state
+from helpers.daemons import wait_for
+from helpers.frontend import ENTRYPOINT_DIR, Watcher, client_of, is_alive, wait_state
 
 FAST = SupervisionConfig(backoff_base_s=0.05, backoff_max_s=0.2, stop_grace_s=0.5, kill_after_s=1.0,
                          cancel_grace_s=1.0)

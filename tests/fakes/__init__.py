@@ -1,2 +1,2 @@
-"""Fakes and helpers for the session tests: a fake ``claude`` CLI, misbehaving runtimes
-installed through a real entry point, and a watching frontend."""
+"""Fakes for the session tests: a fake ``claude`` CLI and misbehaving runtimes installed
+through a real entry point."""

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from cc_daemon.client import Client
 
-from conftest import Running, wait_for
+from helpers.daemons import Running, wait_for
 
-FAKES = Path(__file__).parent
+FAKES = Path(__file__).parent.parent / "fakes"
 ENTRYPOINT_DIR = FAKES / "entrypoint"
 
 

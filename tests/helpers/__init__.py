@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (daemons, event streams, a watching frontend)."""
