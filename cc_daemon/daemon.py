@@ -133,11 +133,11 @@ class Daemon:
         # Clients and pending permission requests live in the same database as the events.
         self.client_table = self._open_record_table("clients")
         self.permission_table = self._open_record_table("permission_requests")
-        self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.root / "identity_key"))
+        self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.identity_key))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
         self.runtimes = RuntimeRegistry()
         self.sessions = SessionManager(
-            self.bus, self.permissions, self.scheduler, self.data_dir.sessions_dir, self.runtimes,
+            self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
             supervision=options.supervision)
         self.registry = build_registry(MethodContext(

@@ -37,7 +37,7 @@ from .permissions import PermissionRequest, PermissionStore
 from .rpc import RpcError
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
-from .storage import make_private_dir
+from .storage import DataDir, make_private_dir
 from .supervisor import FAILED as VERDICT_FAILED
 from .supervisor import PARK, RESTART, SupervisionConfig, Supervisor, child_env
 from .supervisor import STOPPED as VERDICT_STOPPED
@@ -155,7 +155,7 @@ class Session:
                           "turn_done": self._on_turn_done, "error": self._on_error, "log": self._on_log}
         self.supervisor = Supervisor(
             name=session_id, argv=argv, cwd=spec.cwd, env=spec.env,
-            stderr_log=manager.sessions_dir / session_id / "stderr.log", scheduler=manager.scheduler,
+            stderr_log=manager.data_dir.session_stderr(session_id), scheduler=manager.scheduler,
             config=manager.supervision, restart_policy=spec.restart, listener=self,
             greeting=self._init_message, goodbye=lambda reason: encode({"type": "stop", "reason": reason}))
 
@@ -554,13 +554,13 @@ class Session:
 class SessionManager:
     """All sessions of a daemon. Thread-safe. Its lock is never held while calling a session."""
 
-    def __init__(self, bus: EventBus, permissions: PermissionStore, scheduler: Scheduler, sessions_dir: Path,
+    def __init__(self, bus: EventBus, permissions: PermissionStore, scheduler: Scheduler, data_dir: DataDir,
                  runtimes: RuntimeRegistry, *, limits: SessionLimits | None = None,
                  supervision: SupervisionConfig | None = None):
         self.bus = bus
         self.permissions = permissions
         self.scheduler = scheduler
-        self.sessions_dir = sessions_dir
+        self.data_dir = data_dir
         self.runtimes = runtimes
         self.limits = limits or SessionLimits()
         self.supervision = supervision or SupervisionConfig()
@@ -569,7 +569,7 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._closed = False
-        make_private_dir(sessions_dir)
+        make_private_dir(data_dir.sessions_dir)
         permissions.on_resolved(self._permission_resolved)
 
     def create(self, caller: Caller, spec: SessionSpec) -> Session:

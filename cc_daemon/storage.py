@@ -84,6 +84,15 @@ class DataDir:
     def sessions_dir(self) -> Path:
         return self.root / "sessions"
 
+    def session_stderr(self, session_id: str) -> Path:
+        """The log of one session's runtime stderr (its directory is made when the runtime starts)."""
+        return self.sessions_dir / session_id / "stderr.log"
+
+    @property
+    def identity_key(self) -> Path:
+        """The daemon's secret for deriving client keys from client ids (RFC 0002)."""
+        return self.root / "identity_key"
+
     @property
     def clients_dir(self) -> Path:
         """Where *clients* keep their own ids (``<kind>.id``), as the contract places them."""
