@@ -10,6 +10,17 @@ A freshly minted id is *provisional* (kept in a bounded in-memory LRU) until its
 presents it again or it originates something; only then is it written to the daemon's
 database. So a curl loop that never sends ``X-Client-Id`` cannot grow the registry.
 
+An id belongs to one client kind: presented under another ``X-Client-Kind`` it is not
+resumed (a new id is minted, as the reference does), and the recorded kind never changes,
+because ``approve_via`` routes permission requests by kind. Presented with no kind it is
+resumed under its recorded one.
+
+The registry is bounded, and a flood of new ids must not push out the ids of clients in
+use: when it is full, only records that are both idle (not seen for ``protect_recent_s``)
+and not pinned (``in_use``: the originator of a pending permission request) are evicted,
+least recently seen first. When none is, the newcomer is not confirmed: its id keeps
+working from memory and is confirmed at a later presentation, once there is room.
+
 Must not: authenticate anyone (auth does that first), know about HTTP headers.
 """
 
@@ -25,6 +36,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from .events import Originator
 from .lru import remember
@@ -72,12 +84,17 @@ class ClientRegistry:
     """Thread-safe registry of known clients, persisted in a ``RecordTable``."""
 
     def __init__(self, table: RecordTable | None, secret: bytes, *, max_clients: int = 10_000,
-                 max_provisional: int = 10_000, idle_expiry_s: float = 30 * 86400, clock=time.time):
+                 max_provisional: int = 10_000, idle_expiry_s: float = 30 * 86400,
+                 protect_recent_s: float = 3600.0, clock=time.time):
         self._table = table
         self._secret = secret
         self._max_clients = max_clients
         self._max_provisional = max_provisional
         self._idle_expiry_s = idle_expiry_s
+        self._protect_recent_s = protect_recent_s
+        #: Keys that must stay resumable whatever their age (set by the daemon's wiring: the
+        #: originators of pending permission requests). Called only when the registry is full.
+        self.in_use: Callable[[], set[str]] = set
         self._clock = clock
         self._lock = threading.Lock()
         self._known: OrderedDict[str, ClientRecord] = OrderedDict()
@@ -114,10 +131,9 @@ class ClientRegistry:
     def confirm(self, caller: Caller) -> None:
         """Keep ``caller``'s id across restarts (it originated something worth resuming)."""
         with self._lock:
-            record = self._provisional.pop(caller.client_key, None)
-            if record is not None:
-                self._remember(record)
-        if record is not None:
+            record = self._provisional.get(caller.client_key)
+            confirmed = record is not None and self._remember(record)
+        if confirmed:
             self.flush()
 
     def is_known(self, client_id: str) -> bool:
@@ -155,30 +171,54 @@ class ClientRegistry:
         return Caller(client_id, record.client_key, self.ref_of(client_id), record.kind, transport, peer)
 
     def _resume(self, key: str, kind: str | None) -> tuple[ClientRecord | None, bool]:
+        """The record of ``key`` seen now, and whether this presentation confirmed it; None
+        for an unknown id or one presented under another kind."""
         now = self._clock()
         with self._lock:
-            record = self._known.get(key)
-            confirmed_now = False
-            if record is not None:
-                self._known.move_to_end(key)
-            else:
-                record = self._provisional.pop(key, None)
-                if record is None:
-                    return None, False
-                self._remember(record)
-                confirmed_now = True
+            record = self._known.get(key) or self._provisional.get(key)
+            if record is None or (kind is not None and kind != record.kind):
+                return None, False
             record.last_seen = now
-            record.kind = kind or record.kind
-            self._changed.add(key)
-            return record, confirmed_now
+            if key in self._known:
+                self._known.move_to_end(key)
+                self._changed.add(key)
+                return record, False
+            self._provisional.move_to_end(key)
+            return record, self._remember(record)
 
-    def _remember(self, record: ClientRecord) -> None:
+    def _remember(self, record: ClientRecord) -> bool:
+        """Move a provisional record into the registry, making room by evicting idle records
+        only; False (and the record stays provisional) when every record is in use."""
+        if len(self._known) >= self._max_clients and not self._evict_idle(len(self._known) - self._max_clients + 1):
+            log.warning("client registry full (%d records, none idle): a new client id stays in memory only",
+                        len(self._known))
+            return False
+        del self._provisional[record.client_key]
+        self._known[record.client_key] = record
         self._changed.add(record.client_key)
-        self._removed.update(remember(self._known, record.client_key, record, self._max_clients))
+        return True
+
+    def _evict_idle(self, count: int) -> bool:
+        """Evict ``count`` records, least recently seen first, among those idle and not in use."""
+        horizon = self._clock() - self._protect_recent_s
+        pinned = self.in_use()
+        idle: list[str] = []
+        for key, record in self._known.items():
+            if record.last_seen >= horizon or len(idle) == count:
+                break  # ordered by last presentation: everything after this one is as recent
+            if key not in pinned:
+                idle.append(key)
+        if len(idle) < count:
+            return False
+        for key in idle[:count]:
+            del self._known[key]
+            self._removed.add(key)
+        return True
 
     def _expire_idle(self) -> None:
         horizon = self._clock() - self._idle_expiry_s
-        for key in [key for key, record in self._known.items() if record.last_seen < horizon]:
+        pinned = self.in_use()
+        for key in [key for key, record in self._known.items() if record.last_seen < horizon and key not in pinned]:
             del self._known[key]
             self._removed.add(key)
 
