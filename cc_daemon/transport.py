@@ -921,13 +921,13 @@ class LiveTail:
             items = subscription.next_batch(0)
             read = reads[key] = SharedRead(items, subscription.cursor)
         if not read.items:
-            subscription.cursor = read.cursor  # a filtered stream also moves past what it skipped
+            subscription.resume_after(read.cursor)  # a filtered stream also moves past what it skipped
             return b"", 0
         data, count, cursor = read.write_for(stream.writer)
         # The stream took these items as its own read would have: from the same cursor through
         # the same filter (if more became visible since, the news of it brings another pass).
         # A write that holds only the first items leaves the cursor after them.
-        subscription.cursor = cursor
+        subscription.resume_after(cursor)
         return data, count
 
 
