@@ -36,7 +36,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from . import API_VERSION, API_VERSION_HEADER, __version__
-from .auth import Authenticator, Connection, Denied, peer_credentials
+from .auth import Authenticator, Connection, Denied, Refusal, peer_credentials
 from .events import SHUTDOWN, Event, EventBus, EventFilter, Gap, Subscription, SubscriptionEnded, compact_json
 from .identity import CLIENT_ID_RE, Caller, ClientRegistry, clean_kind
 from .metrics import Metrics
@@ -151,9 +151,22 @@ class HttpError(Exception):
         self.headers = headers
         self.close = close
 
-    @classmethod
-    def from_denied(cls, denied: Denied) -> HttpError:
-        return cls(denied.status, denied.body, denied.headers)
+
+#: How each kind of auth refusal reads on the wire: its status and JSON body.
+REFUSALS: dict[Refusal, tuple[int, dict[str, Any]]] = {
+    Refusal.UNAUTHENTICATED: (401, {"error": "unauthenticated"}),
+    Refusal.WRONG_PEER: (401, {"error": "unauthenticated"}),
+    Refusal.LOCKED_OUT: (429, {"error": "rate limited"}),
+    Refusal.HOST_NOT_ALLOWED: (403, {"error": "host not allowed"}),
+    Refusal.ORIGIN_NOT_ALLOWED: (403, {"error": "origin not allowed"}),
+}
+
+
+def refusal(denied: Denied) -> HttpError:
+    """The answer to a request auth denied (a lockout also says when to retry, in whole seconds)."""
+    status, body = REFUSALS[denied.kind]
+    retry = () if denied.retry_after is None else (("Retry-After", str(max(1, round(denied.retry_after)))),)
+    return HttpError(status, body, retry)
 
 
 # -- request headers ----------------------------------------------------------------------
@@ -441,8 +454,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.client_kind = clean_kind(self.headers.get("X-Client-Kind"))
             denied = authenticator.check(self.conn, self.headers.get("Authorization"), self.client_kind)
         if denied is not None:
-            services.metrics.inc("ccd_auth_denied_total", status=str(denied.status))
-            raise HttpError.from_denied(denied)
+            error = refusal(denied)
+            services.metrics.inc("ccd_auth_denied_total", status=str(error.status))
+            raise error
 
     def _check_api_version(self) -> None:
         got = self.headers.get(API_VERSION_HEADER)
@@ -454,7 +468,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _preflight(self, origin: str) -> None:
         if not self.server.services.authenticator.origin_allowed(origin):
-            raise HttpError(403, {"error": "origin not allowed"})
+            raise refusal(Denied(Refusal.ORIGIN_NOT_ALLOWED, "preflight from an origin not allowed"))
         self._respond_bytes(204, b"", None, extra_headers=(
             ("Access-Control-Allow-Methods", "GET, POST"),
             ("Access-Control-Allow-Headers",
