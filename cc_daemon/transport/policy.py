@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import API_VERSION, API_VERSION_HEADER
 from ..auth import Authenticator, Denied, Refusal
 from .framing import Headers, HttpError
+
+if TYPE_CHECKING:
+    from .handler import RequestHandler
 
 
 class Auth(enum.Enum):
@@ -34,7 +37,7 @@ class Route:
     """One endpoint: what it answers, and everything decided before its handler runs."""
 
     methods: tuple[str, ...]
-    serve: Callable[[Any], None]  # called with the request handler
+    serve: Callable[[RequestHandler], None]
     auth: Auth
     #: The request must name the API version this daemon speaks (426 otherwise).
     versioned: bool
