@@ -5,14 +5,16 @@ bytes, rotatable while the daemon runs), Unix-socket peer credentials (the peer'
 be ours), the failure throttle (keyed on the peer's address or uid, never the ephemeral
 port; bounded memory), browser defences (Host and Origin checks) and the audit log.
 
-Must not: know about JSON-RPC or client identities; it answers "may this connection /
-request proceed, and if not, with which status". The token never leaves this module in
-any log line, event, metric or error.
+Must not: know about HTTP, JSON-RPC or client identities; it answers "may this connection
+/ request proceed, and if not, why" (a ``Denied``: the kind of refusal and a message for
+humans; the transport says it in HTTP). The token never leaves this module in any log
+line, event, metric or error.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import logging
 import os
@@ -265,16 +267,23 @@ class AuditLog:
 
 
 # -- the decision -----------------------------------------------------------------------
+class Refusal(enum.Enum):
+    """The kinds of "no" auth answers."""
+
+    UNAUTHENTICATED = "unauthenticated"  # no bearer token, or a wrong one
+    WRONG_PEER = "wrong_peer"  # a Unix-socket peer that is not the daemon's user (or unknown)
+    LOCKED_OUT = "locked_out"  # too many failures from this peer lately
+    HOST_NOT_ALLOWED = "host_not_allowed"  # a foreign Host header: DNS rebinding
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser page from an origin not allow-listed
+
+
 @dataclass(frozen=True)
 class Denied:
-    """Why a request may not proceed, as an HTTP status and a JSON body."""
+    """Why a request may not proceed."""
 
-    status: int
-    body: dict
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-UNAUTHENTICATED = Denied(401, {"error": "unauthenticated"})
+    kind: Refusal
+    message: str  # for humans and the audit log
+    retry_after: float | None = None  # LOCKED_OUT: seconds until the peer may try again
 
 
 @dataclass
@@ -305,29 +314,29 @@ class Authenticator:
               client_kind: str | None = None) -> Denied | None:
         retry_after = self.throttle.retry_after(conn.peer)
         if retry_after is not None:
-            self._audit(conn, "rate_limited", "locked out after repeated failures", client_kind)
-            return Denied(429, {"error": "rate limited"}, (("Retry-After", str(max(1, round(retry_after)))),))
-        reason = self._failure_reason(conn, authorization)
-        if reason is None:
+            return self._deny(conn, Denied(Refusal.LOCKED_OUT, "locked out after repeated failures", retry_after),
+                              client_kind)
+        denied = self._credentials_refused(conn, authorization)
+        if denied is None:
             if not conn.audited_ok:  # once per connection, not once per keep-alive request
                 conn.audited_ok = True
                 self._audit(conn, "ok", "peer uid matches" if conn.transport == "unix" else "token accepted",
                             client_kind)
             return None
         self.throttle.record_failure(conn.peer)
-        self._audit(conn, "denied", reason, client_kind)
-        return UNAUTHENTICATED
+        return self._deny(conn, denied, client_kind)
 
-    def _failure_reason(self, conn: Connection, authorization: str | None) -> str | None:
+    def _credentials_refused(self, conn: Connection, authorization: str | None) -> Denied | None:
         if conn.transport == "unix":
             if conn.uid is None:
-                return "peer credentials unavailable"
-            return None if conn.uid == self.daemon_uid else f"peer uid {conn.uid} is not the daemon's"
+                return Denied(Refusal.WRONG_PEER, "peer credentials unavailable")
+            return None if conn.uid == self.daemon_uid else Denied(
+                Refusal.WRONG_PEER, f"peer uid {conn.uid} is not the daemon's")
         token = bearer_token(authorization)
         if token is None:
-            return "missing bearer token"
+            return Denied(Refusal.UNAUTHENTICATED, "missing bearer token")
         if self.tokens is None or not self.tokens.verify(token):
-            return "wrong bearer token"
+            return Denied(Refusal.UNAUTHENTICATED, "wrong bearer token")
         conn.token_generation = self.tokens.generation
         return None
 
@@ -336,15 +345,18 @@ class Authenticator:
         if conn.transport != "tcp":
             return None
         if host is not None and host_name(host) not in self.allowed_hosts:
-            self._audit(conn, "denied", "host header not allowed", None)
-            return Denied(403, {"error": "host not allowed"})
+            return self._deny(conn, Denied(Refusal.HOST_NOT_ALLOWED, "host header not allowed"), None)
         if origin is not None and not self.origin_allowed(origin):
-            self._audit(conn, "denied", "origin not allowed", None)
-            return Denied(403, {"error": "origin not allowed"})
+            return self._deny(conn, Denied(Refusal.ORIGIN_NOT_ALLOWED, "origin not allowed"), None)
         return None
 
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.allowed_origins
+
+    def _deny(self, conn: Connection, denied: Denied, client_kind: str | None) -> Denied:
+        self._audit(conn, "rate_limited" if denied.kind is Refusal.LOCKED_OUT else "denied", denied.message,
+                    client_kind)
+        return denied
 
     def _audit(self, conn: Connection, outcome: str, reason: str, client_kind: str | None) -> None:
         self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, reason=reason,

@@ -34,7 +34,8 @@ from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFile
                       atomic_write_json, read_json, remove_quietly)
 from .supervisor import SupervisionConfig
 from .timers import Scheduler
-from .transport import Limits, ListenAddress, Services, make_server
+from .transport.addresses import ListenAddress
+from .transport.servers import Limits, Services, make_server
 
 log = logging.getLogger("cc_daemon")
 

@@ -409,6 +409,17 @@ class Subscription:
             if wanted:
                 return wanted
 
+    def resume_after(self, event_id: int) -> None:
+        """Deliver from after ``event_id`` on: what a read made on this subscription's behalf
+        delivered ends there.
+
+        For reads made outside ``next_batch``: another reader's, from this subscription's
+        cursor through its filter (the live tail reads once for every stream at the same
+        place), or this subscription's own read of which only the first items were written,
+        which leaves the cursor after them so that the rest is read again.
+        """
+        self.cursor = event_id
+
     def close(self) -> None:
         self._bus._forget(self)
 

@@ -68,7 +68,8 @@ SIGNAL_CHECK_S = 0.2
 def options_from(args: argparse.Namespace):
     from cc_daemon.daemon import DaemonOptions
     from cc_daemon.storage import DataDir
-    from cc_daemon.transport import AddressError, Limits, ListenAddress
+    from cc_daemon.transport.addresses import AddressError, ListenAddress
+    from cc_daemon.transport.servers import Limits
 
     data_dir = DataDir.resolve(args.data_dir)
     try:
@@ -91,7 +92,7 @@ def options_from(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from cc_daemon.daemon import Daemon, StartupError
-    from cc_daemon.transport import SocketInUse
+    from cc_daemon.transport.servers import SocketInUse
 
     options = options_from(args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,

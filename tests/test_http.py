@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from cc_daemon.transport import Limits, Refuser
+from cc_daemon.transport.guards import Refuser
+from cc_daemon.transport.servers import Limits
 from helpers.daemons import wait_for
 
 

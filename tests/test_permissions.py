@@ -13,7 +13,7 @@ from cc_daemon.permissions import PermissionStore
 from cc_daemon.state import RecordsNotStored, RecordTable
 from cc_daemon.storage import DataDir
 from cc_daemon.timers import Scheduler
-from cc_daemon.transport import ListenAddress
+from cc_daemon.transport.addresses import ListenAddress
 from helpers.daemons import cli, wait_for
 
 

@@ -24,7 +24,7 @@ from cc_daemon import API_VERSION, API_VERSION_HEADER
 from cc_daemon.client import Client, Endpoint
 from cc_daemon.daemon import Daemon, DaemonOptions
 from cc_daemon.storage import DataDir
-from cc_daemon.transport import ListenAddress
+from cc_daemon.transport.addresses import ListenAddress
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,

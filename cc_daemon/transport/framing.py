@@ -1,0 +1,189 @@
+"""HTTP/1.1 framing: reading a request's headers and body, writing a response's head.
+
+Owns: the request header parser and its limits, Content-Length and chunked request bodies
+(with the body size limit), the HTTP version of a request line, the status line and the
+headers every response carries, and ``HttpError``, the answer a request gets instead of
+proceeding.
+
+Must not: know about routes, auth or events; it reads from and encodes for whatever file
+objects it is given, and never writes to a socket itself.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import re
+from typing import Any
+
+from .. import API_VERSION, API_VERSION_HEADER, __version__
+
+SERVER_VERSION = f"cc_daemon/{__version__}"
+
+
+class HttpError(Exception):
+    """An answer to give instead of proceeding: a status, a JSON body, extra headers, and
+    whether the connection must close after it (its input can no longer be trusted)."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = (),
+                 close: bool = False):
+        super().__init__(body.get("error"))
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.close = close
+
+
+# -- request headers ----------------------------------------------------------------------
+#: The stdlib's limits (``http.client``): longest header line, most header lines per request.
+MAX_HEADER_LINE = 65536
+MAX_HEADER_LINES = 100
+#: A field line: a name of visible characters other than ':' (the email parser's rule).
+FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]*:")
+HEADERS_END = (b"\r\n", b"\n", b"")
+
+
+class HeadersTooLarge(Exception):
+    """A header line or the number of header lines is over the limit (answered with 431)."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class Headers:
+    """A request's header fields by case-insensitive name; the first of repeated fields wins.
+
+    Answers ``get`` like the ``email.message.Message`` the stdlib builds, which scans every
+    field on every lookup; building that Message cost more than the rest of a ping.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, str]):
+        self._fields = fields
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._fields.get(name.lower(), default)
+
+
+NO_HEADERS = Headers({})
+
+
+def read_headers(rfile) -> Headers:
+    """The header lines up to the blank line, parsed as ``http.client.parse_headers`` does:
+    same limits, obsolete line folding kept in the value, and a line that is neither a field
+    nor a continuation ends the fields (the rest is read and ignored)."""
+    fields: dict[str, str] = {}
+    folding: str | None = None  # the field a continuation line would extend
+    ignoring = False
+    for count in range(1, MAX_HEADER_LINES + 2):
+        line = rfile.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            raise HeadersTooLarge("Line too long", "header line")
+        if count > MAX_HEADER_LINES:
+            raise HeadersTooLarge("Too many headers", f"got more than {MAX_HEADER_LINES} headers")
+        if line in HEADERS_END:
+            break
+        if ignoring:
+            continue
+        text = line.decode("iso-8859-1")
+        match = FIELD_NAME.match(text)
+        if match is not None:
+            name = text[:match.end() - 1].lower()
+            folding = None if name in fields else name
+            if folding is not None:
+                fields[name] = text[match.end():].lstrip(" \t")
+        elif text[0] in " \t":
+            if folding is not None:
+                fields[folding] += text
+        else:
+            ignoring = True
+    return Headers({name: value.rstrip("\r\n") for name, value in fields.items()})
+
+
+def http_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) of ``HTTP/major.minor``, or None when it is not one (RFC 2145 rules)."""
+    if not text.startswith("HTTP/"):
+        return None
+    parts = text[5:].split(".")
+    if len(parts) != 2 or not all(part.isdecimal() and len(part) <= 10 for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+# -- request bodies -----------------------------------------------------------------------
+#: A Content-Length (RFC 9110 8.6) and a chunk size (RFC 9112 7.1): digits only. int() also
+#: takes "-1", "+5" and "1_0", and rfile.read(-1) would read to the end of the stream.
+CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,19}")
+CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def declares_body(headers: Headers) -> bool:
+    """True when the request says a body follows its headers."""
+    return bool(headers.get("Transfer-Encoding") or headers.get("Content-Length", "0").strip() != "0")
+
+
+def read_request_body(rfile, headers: Headers, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes. A failure raises an ``HttpError`` that
+    closes the connection: what is left of the body cannot be told from the next request."""
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        return read_chunked_body(rfile, limit)
+    length_text = headers.get("Content-Length")
+    if length_text is None:
+        return b""
+    if not CONTENT_LENGTH_RE.fullmatch(length_text.strip()):
+        raise HttpError(400, {"error": "bad request", "detail": "Content-Length is not a number"}, close=True)
+    length = int(length_text)
+    if length > limit:
+        raise payload_too_large(limit)
+    body = rfile.read(length)
+    if len(body) < length:
+        raise HttpError(400, {"error": "bad request", "detail": "body shorter than Content-Length"}, close=True)
+    return body
+
+
+def read_chunked_body(rfile, limit: int) -> bytes:
+    """A chunked body (RFC 9112 7.1), at most ``limit`` bytes; trailers are read and ignored."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        line = rfile.readline(1024)
+        size_text = line.split(b";", 1)[0].strip()
+        if not CHUNK_SIZE_RE.fullmatch(size_text):
+            raise HttpError(400, {"error": "bad request", "detail": "malformed chunk size"}, close=True)
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        total += size
+        if total > limit:
+            raise payload_too_large(limit)
+        parts.append(rfile.read(size))
+        rfile.readline(3)
+    while rfile.readline(1024) not in HEADERS_END:
+        pass  # trailers: read and ignored
+    return b"".join(parts)
+
+
+def payload_too_large(limit: int) -> HttpError:
+    return HttpError(413, {"error": "payload too large", "limit_bytes": limit}, close=True)
+
+
+# -- responses ----------------------------------------------------------------------------
+def response_head(status: int) -> str:
+    """The status line and the headers every response carries."""
+    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+    return f"HTTP/1.1 {status} {phrase}\r\n{API_VERSION_HEADER}: {API_VERSION}\r\nServer: {SERVER_VERSION}"
+
+
+RESPONSE_HEADS = {status.value: response_head(status.value) for status in http.HTTPStatus}
+#: ``json.dumps`` with separators builds a new encoder per call; this one is built once.
+encode_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def encode_response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    """Status line, headers and body as one buffer, to go out in one write."""
+    lines = [RESPONSE_HEADS.get(status) or response_head(status)]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
