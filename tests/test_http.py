@@ -115,6 +115,36 @@ def test_bad_content_length_is_400_json(daemon, length):
     assert still_serving(daemon)
 
 
+PING = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+
+
+@pytest.mark.parametrize("framing", [
+    f"Content-Length: 5\r\nContent-Length: {len(PING)}\r\n",           # conflicting lines
+    f"Content-Length: {len(PING)}, 5\r\n",                                # conflicting list
+    f"Content-Length: {len(PING)}\r\nTransfer-Encoding: chunked\r\n",   # both framings
+    "Transfer-Encoding: gzip\r\n",                                       # one we cannot frame
+], ids=["two-lines", "one-list", "length-and-chunked", "gzip"])
+def test_ambiguous_body_framing_is_400_and_closes(daemon, framing):
+    """RFC 9112 6.1 and 6.3: a request whose body length two readers could disagree on is a
+    smuggling hazard; it is refused, not resolved by picking one of its values."""
+    sock = raw_connect(daemon)
+    sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}{framing}\r\n".encode() + PING)
+    status, headers, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error"] == "bad request", body
+    assert headers.get("connection") == "close"
+    sock.close()
+    assert still_serving(daemon)
+
+
+def test_repeated_equal_content_lengths_are_one_length(daemon):
+    sock = raw_connect(daemon)
+    sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}Content-Length: {len(PING)}\r\n"
+                 f"Content-Length: {len(PING)}\r\n\r\n".encode() + PING)
+    status, _, body = read_response(sock)
+    assert status == 200 and json.loads(body)["result"] == "pong"
+    sock.close()
+
+
 def test_chunked_request_body(daemon):
     def chunks():
         yield b'{"jsonrpc":"2.0",'

@@ -95,12 +95,20 @@ def read_headers(rfile) -> Headers:
             folding = None if name in fields else name
             if folding is not None:
                 fields[name] = text[match.end():].lstrip(" \t")
+            elif name in LISTED_FIELDS:  # every value counts: the body reader judges them all
+                fields[name] = fields[name].rstrip("\r\n") + ", " + text[match.end():].lstrip(" \t")
         elif text[0] in " \t":
             if folding is not None:
                 fields[folding] += text
         else:
             ignoring = True
     return Headers({name: value.rstrip("\r\n") for name, value in fields.items()})
+
+
+#: Fields whose repeated lines are kept as one comma-separated list (RFC 9110 5.3) instead of
+#: the first line winning: two Content-Length lines that disagree must be refused, not
+#: resolved by picking one (RFC 9112 6.3, a request-smuggling hazard).
+LISTED_FIELDS = frozenset({"content-length", "transfer-encoding"})
 
 
 def http_version(text: str) -> tuple[int, int] | None:
@@ -128,19 +136,29 @@ def declares_body(headers: Headers) -> bool:
 def read_request_body(rfile, headers: Headers, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes. A failure raises an ``HttpError`` that
     closes the connection: what is left of the body cannot be told from the next request."""
-    if "chunked" in headers.get("Transfer-Encoding", "").lower():
-        return read_chunked_body(rfile, limit)
     length_text = headers.get("Content-Length")
+    if headers.get("Transfer-Encoding") is not None:
+        # Both framings in one request is how smuggling starts: a proxy in front may have used
+        # the other one (RFC 9112 6.1 lets a server refuse it, and it must close either way).
+        if length_text is not None:
+            raise bad_request("both Transfer-Encoding and Content-Length")
+        if headers.get("Transfer-Encoding").strip().lower() != "chunked":
+            raise bad_request("the only Transfer-Encoding accepted is chunked")
+        return read_chunked_body(rfile, limit)
     if length_text is None:
         return b""
-    if not CONTENT_LENGTH_RE.fullmatch(length_text.strip()):
-        raise HttpError(400, {"error": "bad request", "detail": "Content-Length is not a number"}, close=True)
+    values = {value.strip() for value in length_text.split(",")}
+    if len(values) > 1:
+        raise bad_request("conflicting Content-Length values")
+    length_text = values.pop()
+    if not CONTENT_LENGTH_RE.fullmatch(length_text):
+        raise bad_request("Content-Length is not a number")
     length = int(length_text)
     if length > limit:
         raise payload_too_large(limit)
     body = rfile.read(length)
     if len(body) < length:
-        raise HttpError(400, {"error": "bad request", "detail": "body shorter than Content-Length"}, close=True)
+        raise bad_request("body shorter than Content-Length")
     return body
 
 
@@ -152,7 +170,7 @@ def read_chunked_body(rfile, limit: int) -> bytes:
         line = rfile.readline(1024)
         size_text = line.split(b";", 1)[0].strip()
         if not CHUNK_SIZE_RE.fullmatch(size_text):
-            raise HttpError(400, {"error": "bad request", "detail": "malformed chunk size"}, close=True)
+            raise bad_request("malformed chunk size")
         size = int(size_text, 16)
         if size == 0:
             break
@@ -164,6 +182,11 @@ def read_chunked_body(rfile, limit: int) -> bytes:
     while rfile.readline(1024) not in HEADERS_END:
         pass  # trailers: read and ignored
     return b"".join(parts)
+
+
+def bad_request(detail: str) -> HttpError:
+    """A 400 that closes the connection: the rest of the stream cannot be framed."""
+    return HttpError(400, {"error": "bad request", "detail": detail}, close=True)
 
 
 def payload_too_large(limit: int) -> HttpError:
