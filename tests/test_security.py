@@ -147,13 +147,25 @@ def test_another_uid_is_refused_on_the_unix_socket_and_audited(unix_daemon):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating a directory owned by someone else needs root")
-def test_socket_dir_writable_by_others_is_refused():
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o700], ids=["open", "sticky", "private-but-theirs"])
+def test_a_socket_dir_another_user_owns_or_can_write_is_refused(mode):
+    """Issue 12 finding 2: in a sticky 1777 directory that user B owns, B can delete our
+    socket and bind an impostor; in any directory others can write, they can do the same."""
     shared = short_tmpdir() / "shared"
     shared.mkdir()
-    os.chmod(shared, 0o777)
+    os.chmod(shared, mode)
     os.chown(shared, NOBODY, NOBODY)
     result = cli("serve", "--data-dir", str(short_tmpdir()), "--listen", f"unix://{shared}/d.sock")
-    assert result.returncode == 2 and "writable by other users" in result.stderr
+    assert result.returncode == 2 and str(shared) in result.stderr and f"owned by uid {NOBODY}" in result.stderr
+    assert not (shared / "d.sock").exists()
+
+
+def test_a_socket_dir_that_is_ours_but_writable_by_others_is_refused_with_the_fix():
+    shared = short_tmpdir() / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    result = cli("serve", "--data-dir", str(short_tmpdir()), "--listen", f"unix://{shared}/d.sock")
+    assert result.returncode == 2 and f"chmod go-w {shared}" in result.stderr
 
 
 # -- browser defences -------------------------------------------------------------------------

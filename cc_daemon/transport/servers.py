@@ -28,6 +28,7 @@ from ..events import EventBus
 from ..identity import ClientRegistry
 from ..metrics import Metrics
 from ..rpc import Dispatcher
+from ..safe_paths import make_private_dir
 from .addresses import ListenAddress
 from .guards import InFlight, Reaper, Refuser
 from .handler import RequestHandler
@@ -166,23 +167,13 @@ class SocketInUse(RuntimeError):
     """Something is listening at (or owns) the socket path; it is not ours to remove."""
 
 
-def check_socket_dir(directory: Path) -> None:
-    """Refuse a socket directory that another user could swap our socket out of.
-
-    A directory writable by group or others lets them unlink our socket and put their own
-    in its place, unless it is ours or sticky (like /tmp, where only owners may unlink).
-    """
-    st = directory.stat()
-    shared_writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if shared_writable and st.st_uid != os.geteuid() and not st.st_mode & stat.S_ISVTX:
-        raise SocketInUse(f"{directory} is writable by other users and not owned by us; "
-                          "choose a private directory for the socket")
-
-
 def prepare_socket_path(path: Path) -> None:
-    """Make ``path`` bindable, removing a leftover socket only when nobody answers on it."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_socket_dir(path.parent)
+    """Make ``path`` bindable, removing a leftover socket only when nobody answers on it.
+
+    Its directory must be ours and writable by nobody else, even a sticky one like /tmp:
+    whoever can write there can delete our socket (or, in a sticky directory they own, any
+    entry) and bind an impostor in its place."""
+    make_private_dir(path.parent)
     try:
         st = path.lstat()
     except FileNotFoundError:
