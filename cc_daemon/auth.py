@@ -31,6 +31,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .lru import remember
+from .safe_paths import UnsafePath, make_private_dir, read_private
 from .storage import PrivateRotatingFileHandler, atomic_write
 
 log = logging.getLogger("cc_daemon.auth")
@@ -62,8 +63,11 @@ class TokenStore:
         self.on_change: Callable[[], None] | None = None
 
     def load_or_create(self) -> None:
+        """Read the token file, or create it. A file or directory another user could have
+        prepared (see ``safe_paths``) raises ``UnsafePath``: their token would let them in."""
         with self._lock:
-            if not self._read_file():
+            make_private_dir(self.path.parent)
+            if not self._read_file(strict=True):
                 self._write_new()
 
     def rotate(self) -> None:
@@ -111,21 +115,22 @@ class TokenStore:
             self.on_change()
         return changed
 
-    def _read_file(self) -> bool:
+    def _read_file(self, strict: bool = False) -> bool:
         # Stamped before reading: a write landing between the two then looks like a change
         # at the next check, instead of its token never being read.
         stamp = file_stamp(self.path)
         try:
-            text = self.path.read_text(encoding="ascii").strip()
+            text = read_private(self.path, secret=True).decode("ascii").strip()
         except FileNotFoundError:
             return False  # before the first start, or between a user's delete and write
+        except UnsafePath as exc:
+            if strict:
+                raise
+            # A reloaded file passes the same checks as the first one: a symlink, or a file
+            # that is someone else's or that others can read, is not followed.
+            return self._unreadable(exc)
         except (OSError, UnicodeDecodeError) as exc:
-            # A directory, unreadable, not text: the token in memory stays until a good file
-            # is back. Looked at again every check (it may be mid-write), but said once.
-            if str(exc) != self._read_failure:
-                self._read_failure = str(exc)
-                log.warning("cannot read the token file %s (%s); keeping the current token", self.path, exc)
-            return False
+            return self._unreadable(exc)
         self._read_failure = None
         if not text:
             return False
@@ -135,8 +140,16 @@ class TokenStore:
         self._file_stamp = stamp
         return True
 
+    def _unreadable(self, exc: Exception) -> bool:
+        # A directory, unreadable, not text, not safe: the token in memory stays until a good
+        # file is back. Looked at again every check (it may be mid-write), but said once.
+        if str(exc) != self._read_failure:
+            self._read_failure = str(exc)
+            log.warning("cannot read the token file %s (%s); keeping the current token", self.path, exc)
+        return False
+
     def _write_new(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         token = new_token()
         atomic_write(self.path, (token + "\n").encode("ascii"), mode=0o600)
         self._token = token.encode("ascii")
@@ -150,13 +163,6 @@ def file_stamp(path: Path | str) -> tuple[int, int] | None:
     except OSError:  # missing, or its directory is not searchable: nothing to follow
         return None
     return st.st_ino, st.st_mtime_ns
-
-
-def read_token_file(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="ascii").strip() or None
-    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
-        return None
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -211,6 +210,7 @@ def replace_token_file(running, token: str) -> None:
     token_file = running.data_dir / "daemon_token"
     tmp = token_file.with_name("tok.tmp")
     tmp.write_text(token + "\n")
+    tmp.chmod(0o600)  # a token others can read is not taken (safe_paths)
     os.replace(tmp, token_file)
 
 
@@ -245,16 +245,16 @@ def test_a_token_written_while_the_file_is_being_read_is_not_missed(tmp_path, mo
     store.load_or_create()
     token_file = tmp_path / "daemon_token"
     token_file.write_text("G" * 43 + "\n")
-    read_text = Path.read_text
+    read_private = auth.read_private
 
     def read_then_overwrite(path, *args, **kwargs):
-        text = read_text(path, *args, **kwargs)
-        monkeypatch.setattr(Path, "read_text", read_text)
+        text = read_private(path, *args, **kwargs)
+        monkeypatch.setattr(auth, "read_private", read_private)
         token_file.write_text("H" * 43 + "\n")  # the user's next write lands between read and stamp
         os.utime(token_file, ns=(1, 1))  # a different stamp for sure, whatever the clock's grain
         return text
 
-    monkeypatch.setattr(Path, "read_text", read_then_overwrite)
+    monkeypatch.setattr(auth, "read_private", read_then_overwrite)
     assert store.reload_if_changed() and store.verify("G" * 43)
     assert store.verify("H" * 43)  # the newer write is seen, not hidden behind a stamp taken after it
 
