@@ -38,17 +38,16 @@ from .rpc import RpcError
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
 from .storage import DataDir, make_private_dir
-from .supervisor import FAILED as VERDICT_FAILED
-from .supervisor import PARK, RESTART, SupervisionConfig, Supervisor, child_env
-from .supervisor import STOPPED as VERDICT_STOPPED
-from .supervisor import ExitInfo, Verdict
+from .supervisor import (FAILED, PARKED, RESTARTING, STOPPED, ExitInfo, SupervisionConfig, Supervisor, Verdict,
+                         child_env)
 from .timers import Scheduler, TimerHandle
 
 log = logging.getLogger("cc_daemon.sessions")
 
 # -- states ---------------------------------------------------------------------------------
 STARTING, IDLE, BUSY, WAITING_PERMISSION = "starting", "idle", "busy", "waiting_permission"
-RESTARTING, PARKED, STOPPED, FAILED = "restarting", "parked", "stopped", "failed"
+# RESTARTING, PARKED, STOPPED and FAILED are the supervisor's: after an exit a session is in
+# its supervisor's state, which ``Decision`` names (the one decision -> state mapping).
 STATES = (STARTING, IDLE, BUSY, WAITING_PERMISSION, RESTARTING, PARKED, STOPPED, FAILED)
 #: States that hold a slot of the concurrent-session limit (a process runs or will run).
 LIVE_STATES = frozenset({STARTING, IDLE, BUSY, WAITING_PERMISSION, RESTARTING})
@@ -323,7 +322,7 @@ class Session:
             if turn is not None:
                 status = "cancelled" if turn.cancel_reason else "failed"
                 self._finish_turn(turn, status, reason=turn.cancel_reason or f"runtime {exit.describe()}")
-            state = {RESTART: RESTARTING, PARK: PARKED, VERDICT_STOPPED: STOPPED, VERDICT_FAILED: FAILED}[verdict.action]
+            state = verdict.action.state
             self._set_state(state, verdict.reason)
             if state in ENDED_STATES:
                 self._drop_queue(f"the session is {state}")
