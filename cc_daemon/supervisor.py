@@ -230,6 +230,23 @@ class RunnerListener(Protocol):
     def runner_exited(self, exit: ExitInfo, verdict: Verdict) -> None: ...
 
 
+class Runner(Protocol):
+    """What a supervisor's owner calls: ``Supervisor`` is the one implementation, and tests
+    stand in for it with fakes that run no process."""
+
+    stderr: StderrLog
+
+    def start(self) -> None: ...
+
+    def send(self, data: bytes) -> bool: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def kill(self, reason: str) -> None: ...
+
+    def snapshot(self) -> dict: ...
+
+
 class StderrLog:
     """A runtime's stderr: appended to a file (rotated once at a size cap), tail in memory."""
 
