@@ -6,6 +6,7 @@ its callers get, and that its transition table holds (the supervisor's: test_sup
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,16 @@ def test_the_session_table_lists_the_real_moves_and_nothing_else():
                        ("stopped", "starting"), ("restarting", "failed"), ("idle", "idle")):
         with pytest.raises(IllegalTransition, match=f"session: {state} -> {new}"):
             TRANSITIONS.check(state, new)
+
+
+def test_rfc_0004_lists_exactly_the_moves_of_the_table():
+    text = (Path(__file__).parent.parent / "docs" / "RFC" / "0004-runtime-protocol.md").read_text()
+    table = text.split("**Transitions.**", 1)[1].split("\n\n")[1]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        sources, targets = (re.findall(r"`([a-z_]+)`", cell) for cell in row.split("|")[1:3])
+        documented |= {(source, target) for source in sources for target in targets}
+    assert documented == {(state, new) for state in STATES for new in STATES if TRANSITIONS.allows(state, new)}
 
 
 def test_an_ended_session_only_ever_stops():
