@@ -8,8 +8,8 @@ Why raise rather than log: every move is made by the daemon's own code (clients 
 can only ask; what they ask is validated before anything moves), so an unlisted move is a
 bug. Raising refuses it, so the state, and the ``session_state`` events clients act on,
 never leave the table; the bug surfaces where it happened, as an exception in a unit test
-and as a logged traceback in a daemon (an RPC call's internal error, or the guard around a
-supervisor's listener and timer callbacks).
+and as a traceback in a daemon (an RPC call's internal error, a failed listener or timer
+callback, an uncaught exception in a supervisor's thread).
 
 Must not: hold a machine's state or do its side effects: each machine keeps its state and
 calls ``check`` from its one transition function.
