@@ -170,7 +170,7 @@ class RestartTracker:
         self.rapid_failures = self.rapid_failures + 1 if rapid else 0
         if self.rapid_failures >= config.max_rapid_failures:
             return Verdict(Decision.PARK, f"{self.rapid_failures} rapid failures in a row (each within "
-                                 f"{config.rapid_window_s:g} s of starting)", rapid=True,
+                                          f"{config.rapid_window_s:g} s of starting)", rapid=True,
                            rapid_failures=self.rapid_failures)
         delay = self._next_delay
         self._next_delay = min(delay * 2, config.backoff_max_s)
