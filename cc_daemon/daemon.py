@@ -28,7 +28,8 @@ from .metrics import Metrics
 from .permissions import PermissionStore
 from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
-from .sessions import SessionLimits, SessionManager
+from .session import SessionLimits
+from .sessions import SessionManager
 from .state import RecordTable
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, read_json, remove_quietly)

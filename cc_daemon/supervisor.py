@@ -6,8 +6,9 @@ writer thread (so no caller ever blocks on a full pipe), its stdout cut into bou
 for the listener, its stderr appended to a log file with the tail kept in memory; its exit
 judged by the restart policy (``RestartTracker``: backoff from 2 s doubling to 120 s, a crash
 within 10 s of starting is rapid, 5 rapid crashes in a row park, exit code 78 parks at once,
-a run of 60 s resets the backoff); and the stop sequence (``stop`` message, SIGTERM to the
-process tree after 2 s, SIGKILL by 5 s). Every transition is reported as a ``runner_*`` event.
+a run of 60 s resets the backoff) into a ``Decision``; its states, which move only along
+``TRANSITIONS``; and the stop sequence (``stop`` message, SIGTERM to the process tree after
+2 s, SIGKILL by 5 s). Every transition is reported as a ``runner_*`` event.
 
 Must not: decode the runtime protocol (lines go to the listener as bytes), or know what a
 session or a turn is. Listener calls are made without the supervisor's lock held, and the
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 from .runtimes.protocol import LineSplitter, Oversized
 from .timers import Scheduler, TimerHandle
+from .transitions import Transitions
 
 log = logging.getLogger("cc_daemon.supervisor")
 
@@ -48,10 +51,37 @@ STDERR_LOG_MAX_BYTES = 5 * 1024 * 1024
 #: How long, after the process exited, its pipes may take to drain before we give up on them.
 DRAIN_TIMEOUT_S = 5.0
 
-# Supervisor states.
+# -- states -----------------------------------------------------------------------------------
 IDLE, RUNNING, RESTARTING, PARKED, STOPPED, FAILED = "idle", "running", "restarting", "parked", "stopped", "failed"
-# Verdict actions.
-RESTART, PARK = "restart", "park"
+#: Every move a supervisor makes. A run's exit is judged (``Decision``) into one of the four
+#: states after ``RUNNING``; a spawn that fails is judged the same way, from ``IDLE`` or
+#: ``RESTARTING``. ``stop`` with no process running moves to ``STOPPED`` at once, from any
+#: state (staying there when the runtime had already exited with 0); with one running, its
+#: exit is judged ``STOP``.
+TRANSITIONS = Transitions("supervisor", {
+    IDLE: {RUNNING, RESTARTING, PARKED, FAILED, STOPPED},
+    RUNNING: {RESTARTING, PARKED, FAILED, STOPPED},
+    # Policy none never restarts, so a restart is never judged a failure.
+    RESTARTING: {RUNNING, RESTARTING, PARKED, STOPPED},
+    PARKED: {STOPPED},
+    STOPPED: {STOPPED},
+    FAILED: {STOPPED},
+})
+
+
+class Decision(Enum):
+    """What the restart policy decides after an exit. Its value is the state the decision
+    leaves the supervisor in, and so the session it runs for (a session's states after an
+    exit are its supervisor's): the one place a decision becomes a state."""
+
+    RESTART = RESTARTING
+    PARK = PARKED
+    STOP = STOPPED
+    FAIL = FAILED
+
+    @property
+    def state(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -103,9 +133,9 @@ def signal_name(number: int | None) -> str | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do after an exit: ``restart`` (after ``delay_s``), ``park``, ``stopped`` or ``failed``."""
+    """What to do after an exit (to restart: after ``delay_s``), and why."""
 
-    action: str
+    action: Decision
     reason: str
     delay_s: float = 0.0
     rapid: bool = False
@@ -126,25 +156,25 @@ class RestartTracker:
     def judge(self, exit: ExitInfo) -> Verdict:
         config = self.config
         if exit.requested:
-            return Verdict(STOPPED, "stopped on request")
+            return Verdict(Decision.STOP, "stopped on request")
         if exit.exit_code == 0:
-            return Verdict(STOPPED, f"the runtime exited on its own ({exit.describe()})")
+            return Verdict(Decision.STOP, f"the runtime exited on its own ({exit.describe()})")
         if exit.exit_code == PARK_EXIT_CODE:
-            return Verdict(PARK, f"exit code {PARK_EXIT_CODE}: the runtime reported a permanent failure")
+            return Verdict(Decision.PARK, f"exit code {PARK_EXIT_CODE}: the runtime reported a permanent failure")
         if self.policy == "none":
-            return Verdict(FAILED, f"{exit.describe()}; the restart policy is none")
+            return Verdict(Decision.FAIL, f"{exit.describe()}; the restart policy is none")
         if exit.ran_s >= config.stable_after_s:
             self._next_delay = config.backoff_base_s  # it ran long enough: forget past trouble
             self.rapid_failures = 0
         rapid = exit.ran_s < config.rapid_window_s
         self.rapid_failures = self.rapid_failures + 1 if rapid else 0
         if self.rapid_failures >= config.max_rapid_failures:
-            return Verdict(PARK, f"{self.rapid_failures} rapid failures in a row (each within "
-                                 f"{config.rapid_window_s:g} s of starting)", rapid=True,
+            return Verdict(Decision.PARK, f"{self.rapid_failures} rapid failures in a row (each within "
+                                          f"{config.rapid_window_s:g} s of starting)", rapid=True,
                            rapid_failures=self.rapid_failures)
         delay = self._next_delay
         self._next_delay = min(delay * 2, config.backoff_max_s)
-        return Verdict(RESTART, exit.describe(), delay, rapid, self.rapid_failures)
+        return Verdict(Decision.RESTART, exit.describe(), delay, rapid, self.rapid_failures)
 
 
 def child_env(base: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
@@ -198,6 +228,23 @@ class RunnerListener(Protocol):
     def runner_line(self, line: bytes | Oversized) -> None: ...
 
     def runner_exited(self, exit: ExitInfo, verdict: Verdict) -> None: ...
+
+
+class Runner(Protocol):
+    """What a supervisor's owner calls: ``Supervisor`` is the one implementation, and tests
+    stand in for it with fakes that run no process."""
+
+    stderr: StderrLog
+
+    def start(self) -> None: ...
+
+    def send(self, data: bytes) -> bool: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def kill(self, reason: str) -> None: ...
+
+    def snapshot(self) -> dict: ...
 
 
 class StderrLog:
@@ -326,7 +373,7 @@ class Supervisor:
             self._cancel_restart()
             run = self._run
             if run is None:
-                self.state = STOPPED
+                self._set_state(STOPPED)
                 return None
             run.stop_requested_at = time.monotonic()
             run.escalation = "stop"
@@ -390,7 +437,7 @@ class Supervisor:
                 spawn_error = f"cannot start {self._argv[0]}: {exc.strerror or exc}"
             else:
                 run = self._run = _Run(process, greeting)
-                self.state = RUNNING
+                self._set_state(RUNNING)
         if spawn_error is not None:
             self.stderr.note(spawn_error)
             self._judge_and_report(None, ExitInfo(None, None, 0.0, False, spawn_error))
@@ -460,21 +507,21 @@ class Supervisor:
                 exit = ExitInfo(exit.exit_code, exit.signal, exit.ran_s, True, exit.spawn_error)
             verdict = self._tracker.judge(exit)
             self.last_exit = exit
-            self.state = {RESTART: RESTARTING, PARK: PARKED, STOPPED: STOPPED, FAILED: FAILED}[verdict.action]
+            self._set_state(verdict.action.state)
         details = exit.as_dict()
         if exit.requested:
             self._emit("runner_stopped", {**details, "how": run.escalation if run is not None else None})
-        elif verdict.action == STOPPED:
+        elif verdict.action is Decision.STOP:
             self._emit("runner_exited", details)
         else:
             self._emit("runner_crashed", {**details, "rapid": exit.ran_s < self._config.rapid_window_s,
                                           "rapid_failures": self._tracker.rapid_failures,
                                           "reason": run.kill_reason if run is not None else None})
         self._notify(self._listener.runner_exited, exit, verdict)
-        if verdict.action == PARK:
+        if verdict.action is Decision.PARK:
             self._emit("runner_parked", {"reason": verdict.reason, "exit_code": exit.exit_code,
                                          "rapid_failures": verdict.rapid_failures})
-        elif verdict.action == RESTART:
+        elif verdict.action is Decision.RESTART:
             self._schedule_restart(verdict.delay_s)
 
     def _schedule_restart(self, delay_s: float) -> None:
@@ -487,6 +534,11 @@ class Supervisor:
             if not self._stopping:
                 self._next_restart_at = time.monotonic() + delay_s
                 self._timer = self._scheduler.call_later(delay_s, self._spawn)
+
+    def _set_state(self, state: str) -> None:
+        """The one way the state changes (the lock is held): only along ``TRANSITIONS``."""
+        TRANSITIONS.check(self.state, state)
+        self.state = state
 
     def _cancel_restart(self) -> None:
         if self._timer is not None:

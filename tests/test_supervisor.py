@@ -15,11 +15,15 @@ from hypothesis import strategies as st
 
 from cc_daemon.client import RpcCallError
 from cc_daemon.errors import SESSION_NOT_ACCEPTING
-from cc_daemon.supervisor import (FAILED, PARK, RESTART, STOPPED, ExitInfo, RestartTracker, SupervisionConfig,
-                                  child_env)
+from cc_daemon import supervisor
+from cc_daemon.supervisor import Decision, ExitInfo, RestartTracker, SupervisionConfig, Supervisor, child_env
+from cc_daemon.timers import Scheduler
+from cc_daemon.transitions import IllegalTransition
 
 from helpers.daemons import wait_for
 from helpers.frontend import ENTRYPOINT_DIR, Watcher, client_of, is_alive, wait_state
+
+FAILED, PARK, RESTART, STOPPED = Decision.FAIL, Decision.PARK, Decision.RESTART, Decision.STOP
 
 FAST = SupervisionConfig(backoff_base_s=0.05, backoff_max_s=0.2, stop_grace_s=0.5, kill_after_s=1.0,
                          cancel_grace_s=1.0)
@@ -91,6 +95,67 @@ def test_children_never_inherit_the_service_managers_variables():
     env = child_env({"NOTIFY_SOCKET": "@x", "LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a",
                      "HOME": "/h"}, {"NOTIFY_SOCKET": "/again", "EXTRA": "1"})
     assert env == {"HOME": "/h", "EXTRA": "1"}
+
+
+# -- the supervisor's states, without processes ---------------------------------------------------
+def test_the_supervisor_table_lists_the_real_moves_and_nothing_else():
+    table = supervisor.TRANSITIONS
+    assert table.states == ("idle", "running", "restarting", "parked", "stopped", "failed")
+    allowed = {(state, new) for state in table.states for new in table.states if table.allows(state, new)}
+    assert allowed == {
+        ("idle", "running"), ("idle", "restarting"), ("idle", "parked"), ("idle", "failed"), ("idle", "stopped"),
+        ("running", "restarting"), ("running", "parked"), ("running", "failed"), ("running", "stopped"),
+        ("restarting", "running"), ("restarting", "restarting"), ("restarting", "parked"),
+        ("restarting", "stopped"), ("parked", "stopped"), ("failed", "stopped"), ("stopped", "stopped")}
+    for state, new in (("running", "idle"), ("parked", "running"), ("stopped", "running"), ("restarting", "failed")):
+        with pytest.raises(IllegalTransition, match=f"supervisor: {state} -> {new}"):
+            table.check(state, new)
+
+
+def test_every_decision_names_a_state_a_run_can_end_in():
+    assert {decision: decision.state for decision in Decision} == {
+        Decision.RESTART: "restarting", Decision.PARK: "parked", Decision.STOP: "stopped", Decision.FAIL: "failed"}
+    assert all(supervisor.TRANSITIONS.allows("running", decision.state) for decision in Decision)
+
+
+class Recorder:
+    """A listener that keeps what the supervisor tells it."""
+
+    def __init__(self):
+        self.events, self.exits = [], []
+
+    def runner_event(self, type, data):
+        self.events.append(type)
+
+    def runner_started(self, pid):
+        raise AssertionError("nothing can start here")
+
+    def runner_line(self, line):
+        raise AssertionError("nothing can write here")
+
+    def runner_exited(self, exit, verdict):
+        self.exits.append((exit, verdict))
+
+
+@pytest.mark.parametrize("policy, decision", [("none", Decision.FAIL), ("on-crash", Decision.RESTART)])
+def test_a_spawn_that_fails_is_judged_and_stop_ends_any_state(tmp_path, policy, decision):
+    scheduler, listener = Scheduler(), Recorder()
+    runner = Supervisor(name="t", argv=[str(tmp_path / "missing")], cwd=tmp_path, env={},
+                        stderr_log=tmp_path / "stderr.log", scheduler=scheduler,
+                        config=SupervisionConfig(backoff_base_s=60.0), restart_policy=policy, listener=listener,
+                        greeting=lambda: b"", goodbye=lambda reason: b"")
+    try:
+        assert runner.state == "idle"
+        runner.start()
+        [(exit, verdict)] = listener.exits
+        assert "cannot start" in exit.spawn_error and verdict.action is decision
+        assert runner.state == decision.state and listener.events[0] == "runner_crashed"
+        runner.stop("done")
+        assert runner.state == "stopped" and runner.snapshot()["restart_in_s"] is None
+        runner.stop("again")  # staying stopped is a listed move
+        assert runner.state == "stopped"
+    finally:
+        scheduler.stop()
 
 
 # -- real runtimes ----------------------------------------------------------------------------

@@ -7,12 +7,15 @@ answered with ``permission.answer`` by that turn's originator. Errors: RFC 0004.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
 from ..errors import (APPROVER_REFUSED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
                       SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
-from ..sessions import APPROVE_DENY, INTERACTIVE, STATES, UNATTENDED, SessionSpec
+from ..session import STATES, ApproverRefused, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
+from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
 from ..supervisor import RESTART_POLICIES
 from . import MethodContext
 
@@ -27,12 +30,19 @@ BY_ID = object_schema({"session_id": SESSION_ID}, ("session_id",))
 HISTORY_MAX = 1000
 NOT_FOUND = ErrorSpec(SESSION_NOT_FOUND, "unknown session")
 NOT_ACCEPTING = ErrorSpec(SESSION_NOT_ACCEPTING, "the session (or the daemon) is not accepting work in its state")
+#: The code each refusal of the session service is answered with (RFC 0004).
+REFUSALS: dict[type[SessionRefused], int] = {
+    SessionNotFound: SESSION_NOT_FOUND, SessionLimitReached: SESSION_LIMIT,
+    SessionRuntimeUnavailable: RUNTIME_UNAVAILABLE, TurnQueueFull: TURN_QUEUE_FULL,
+    SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED}
 
 
 def register(registry: Registry, context: MethodContext) -> None:
     sessions = context.sessions
     if sessions is None:
         return  # a daemon composed without sessions serves no session methods
+    for refusal, code in REFUSALS.items():
+        registry.translate(refusal, partial(refused, code))
 
     @registry.method(
         "session.create",
@@ -157,6 +167,11 @@ def register(registry: Registry, context: MethodContext) -> None:
         context.clients.confirm(call.caller)
         approver = session.claim_approver(call.caller, explicit=True)
         return {"session_id": session.session_id, "approver": approver.public()}
+
+
+def refused(code: int, exc: SessionRefused) -> RpcError:
+    """The error a refusal is answered with: its message and data as the service gave them."""
+    return RpcError(code, exc.message, exc.data)
 
 
 def directory(text: str) -> Path:

@@ -1,0 +1,551 @@
+"""One session: a supervised agent runtime that frontends drive with turns and watch as events.
+
+Owns: a session's state machine (``TRANSITIONS``: ``starting`` -> ``idle`` <-> ``busy`` <->
+``waiting_permission``; ``restarting``, ``parked``, ``failed`` or ``stopped`` after its
+runtime exits, as its supervisor's ``Decision`` says; ``stopped`` when closed), changed only
+by ``Session._set_state``; its turns (a bounded queue, the originator of each,
+``message_id`` idempotency, cancel with escalation, a per-turn time limit); turning every
+runtime message into a bus event carrying ``session_id`` and ``turn_id``; who approves for
+an unattended session that delegates to a client kind (its runtime's permission requests
+are routed by ``approvals.Approvals``); and the refusals a session's callers get, as domain
+exceptions (``SessionRefused``) the method layer maps to error codes.
+
+Must not: spawn or signal processes (its supervisor does, made by
+``SessionServices.supervisor_factory``), answer a permission request (only an unattended
+session's own policy does, as itself, through ``Approvals``), know about HTTP or JSON-RPC,
+or know the other sessions (``sessions.SessionManager`` does). Lock order: a session's lock
+may be held while calling the supervisor, the permission store or ``on_ended``; none of
+those calls back into a session while holding a lock of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .approvals import (APPROVE_ALLOW, APPROVE_DENY, INTERACTIVE, UNATTENDED, Approvals, PolicyIdentity,
+                        delegates_to_kind)
+from .events import BusClosed, EventBus, EventNotDurable, Originator
+from .identity import Caller
+from .lru import remember
+from .permissions import PermissionRequest, PermissionStore
+from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
+from .storage import DataDir
+from .supervisor import FAILED, PARKED, RESTARTING, STOPPED, ExitInfo, Runner, SupervisionConfig, Verdict
+from .timers import Scheduler, TimerHandle
+from .transitions import Transitions
+
+log = logging.getLogger("cc_daemon.sessions")
+
+# -- states ---------------------------------------------------------------------------------
+# RESTARTING, PARKED, STOPPED and FAILED are the supervisor's: after an exit a session is in
+# its supervisor's state, which the ``Decision`` names (the one decision -> state mapping).
+STARTING, IDLE, BUSY, WAITING_PERMISSION = "starting", "idle", "busy", "waiting_permission"
+#: Where a runtime's exit leaves a session (one state per ``Decision``); ``close`` also stops.
+AFTER_EXIT = frozenset({RESTARTING, PARKED, STOPPED, FAILED})
+TRANSITIONS = Transitions("session", {
+    STARTING: {IDLE, *AFTER_EXIT},
+    IDLE: {BUSY, *AFTER_EXIT},
+    BUSY: {IDLE, WAITING_PERMISSION, *AFTER_EXIT},
+    # Staying: a second request while one is pending. To idle: the runtime ended the turn while
+    # an answer was on its way (cancelling the turn's requests found none left to cancel).
+    WAITING_PERMISSION: {BUSY, IDLE, WAITING_PERMISSION, *AFTER_EXIT},
+    # Staying: the respawn failed and is retried. Never failed: policy none never restarts.
+    RESTARTING: {STARTING, RESTARTING, PARKED, STOPPED},
+    PARKED: {STOPPED},
+    # Staying: closing a session whose runtime had exited with 0 (or whose stop was reported).
+    STOPPED: {STOPPED},
+    FAILED: {STOPPED},
+})
+STATES = TRANSITIONS.states
+#: States that hold a slot of the concurrent-session limit (a process runs or will run).
+LIVE_STATES = frozenset({STARTING, IDLE, BUSY, WAITING_PERMISSION, RESTARTING})
+ENDED_STATES = frozenset({PARKED, STOPPED, FAILED})
+
+
+class SessionRefused(Exception):
+    """A call the session service refuses. ``message`` and ``data`` are what its caller is
+    told (the method layer gives each subclass its error code)."""
+
+    def __init__(self, message: str, **data: Any):
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class SessionNotAccepting(SessionRefused):
+    """The session (or the daemon) takes no more work in its state."""
+
+
+class TurnQueueFull(SessionRefused):
+    """The session already has ``max_queued_turns`` turns queued."""
+
+
+class ApproverRefused(SessionRefused):
+    """An explicit claim to approve for a session that the session does not grant."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What ``session.create`` asked for, validated."""
+
+    runtime: str
+    cwd: Path
+    name: str | None = None
+    mode: str = INTERACTIVE
+    approve_via: str = APPROVE_DENY
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    restart: str = "on-crash"
+    max_turn_s: float | None = None
+
+    @property
+    def delegates_to_kind(self) -> bool:
+        return delegates_to_kind(self.mode, self.approve_via)
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_sessions: int = 8
+    max_queued_turns: int = 16
+    #: ``message_id``s remembered per session for idempotency.
+    max_message_ids: int = 1024
+    #: Ended sessions kept for ``session.get`` / ``session.list`` before being forgotten.
+    max_ended_sessions: int = 100
+
+
+@dataclass(frozen=True)
+class SessionServices:
+    """What a session uses of the daemon: the manager makes one for all its sessions, a test
+    its own (with a fake ``supervisor_factory``: no processes)."""
+
+    bus: EventBus
+    permissions: PermissionStore
+    scheduler: Scheduler
+    data_dir: DataDir
+    limits: SessionLimits
+    supervision: SupervisionConfig
+    policy: PolicyIdentity
+    #: Called like ``Supervisor(...)``; a session's one way to get a runtime process.
+    supervisor_factory: Callable[..., Runner]
+    #: Told of a session that ended (parked, stopped, failed), with the session's lock held.
+    on_ended: Callable[[Session], None]
+
+
+@dataclass
+class Turn:
+    turn_id: str
+    message_id: str
+    text: str
+    originator: Originator
+    queued_at: float
+    started_at: float | None = None
+    cancel_reason: str | None = None
+    timers: list[TimerHandle] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"turn_id": self.turn_id, "message_id": self.message_id, "originator": self.originator.public(),
+                "queued_at": self.queued_at, "started_at": self.started_at,
+                "cancel_requested": self.cancel_reason is not None}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+class Session:
+    """One session: its runtime's supervisor, its turns and its state. Thread-safe."""
+
+    def __init__(self, services: SessionServices, session_id: str, spec: SessionSpec, owner: Originator,
+                 argv: list[str]):
+        self.services = services
+        self.session_id = session_id
+        self.spec = spec
+        self.owner = owner
+        self.created_at = time.time()
+        self.state = STARTING
+        self.approver: Originator | None = None
+        self.runtime_version: str | None = None
+        self.closed_reason: str | None = None
+        self._lock = threading.RLock()
+        self._queue: deque[Turn] = deque()
+        self._current: Turn | None = None
+        self._message_ids: OrderedDict[str, Turn] = OrderedDict()
+        self._turns_accepted = 0
+        self._approvals = Approvals(session_id, spec.mode, spec.approve_via, services.permissions, services.policy)
+        self._usage: dict[str, float] = {}
+        self._resume_token: str | None = None
+        self._closing = False
+        self._ready_timer: TimerHandle | None = None
+        #: Events the store refused while failing (disk full); told to watchers once it recovers.
+        self._unrecorded: dict[str, Any] | None = None
+        self._handlers = {"ready": self._on_ready, "text": self._on_text, "tool_start": self._on_tool_start,
+                          "tool_end": self._on_tool_end, "permission_request": self._on_permission_request,
+                          "turn_done": self._on_turn_done, "error": self._on_error, "log": self._on_log}
+        self.supervisor = services.supervisor_factory(
+            name=session_id, argv=argv, cwd=spec.cwd, env=spec.env,
+            stderr_log=services.data_dir.session_stderr(session_id), scheduler=services.scheduler,
+            config=services.supervision, restart_policy=spec.restart, listener=self,
+            greeting=self._init_message, goodbye=lambda reason: encode({"type": "stop", "reason": reason}))
+
+    # -- frontends' actions -----------------------------------------------------------------
+    def start(self, creator: Caller) -> None:
+        spec = self.spec
+        self._publish("session_created", {
+            "session_id": self.session_id, "name": spec.name, "runtime": spec.runtime, "cwd": str(spec.cwd),
+            "mode": spec.mode, "approve_via": spec.approve_via if spec.mode == UNATTENDED else None,
+            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "state": self.state}, self.owner,
+            acknowledged=True)
+        if spec.mode == UNATTENDED and spec.approve_via == APPROVE_ALLOW:
+            log.warning("session %s is unattended with approve_via=allow: EVERY permission request its "
+                        "runtime makes will be approved with no human asked", self.session_id)
+        self.claim_approver(creator, explicit=False)
+        self.supervisor.start()
+
+    def send(self, caller: Caller, text: str, message_id: str | None) -> Turn:
+        """Queue a turn (or return the one ``message_id`` already started)."""
+        with self._lock:
+            if message_id is not None and message_id in self._message_ids:
+                return self._message_ids[message_id]
+            if self.state not in LIVE_STATES or self._closing:
+                raise SessionNotAccepting(f"Session {self.session_id} is {self.state} and takes no turns",
+                                          session_id=self.session_id, state=self.state)
+            limit = self.services.limits.max_queued_turns
+            if len(self._queue) >= limit:
+                raise TurnQueueFull(f"Session {self.session_id} already has {limit} turns queued",
+                                    session_id=self.session_id, limit=limit)
+            turn = Turn(new_id("turn"), message_id or new_id("msg"), text, caller.originator(), time.time())
+            # Recorded first: a turn the log cannot hold is refused (-32003), never half-accepted.
+            self._publish("turn_queued", {"turn_id": turn.turn_id, "message_id": turn.message_id, "text": text,
+                                          "position": len(self._queue) + 1}, turn.originator, acknowledged=True)
+            remember(self._message_ids, turn.message_id, turn, self.services.limits.max_message_ids)
+            self._turns_accepted += 1
+            self.claim_approver(caller, explicit=False)
+            self._queue.append(turn)
+            self._dispatch()
+            return turn
+
+    def cancel(self, caller: Caller, turn_id: str | None) -> Turn | None:
+        """Cancel the running turn, or the queued turn ``turn_id``; None when nothing matched."""
+        with self._lock:
+            queued = next((turn for turn in self._queue if turn.turn_id == turn_id), None)
+            if queued is not None:
+                self._queue.remove(queued)
+                self._finish_turn(queued, "cancelled", reason=f"cancelled by {caller.client_ref} before it started")
+                return queued
+            turn = self._current
+            if turn is None or (turn_id is not None and turn.turn_id != turn_id):
+                return None
+            self._cancel_current("cancelled by client", by=caller.client_ref)
+            return turn
+
+    def close(self, reason: str, by: str | None) -> None:
+        """Stop the runtime (blocking, at most about ``kill_after_s``) and end the session."""
+        with self._lock:
+            if self.closed_reason is not None:
+                return
+            self._closing = True
+            self._drop_queue(reason)
+            if self._current is not None and self._current.cancel_reason is None:
+                self._current.cancel_reason = reason
+        self.supervisor.stop(reason)  # without our lock: its exit report needs it
+        with self._lock:
+            self._approvals.cancel(reason)
+            self._set_state(STOPPED, reason)
+            self._announce_closed(reason, by)
+
+    def claim_approver(self, caller: Caller, *, explicit: bool) -> Originator | None:
+        """Make ``caller`` the approver of an unattended session whose ``approve_via`` names
+        its kind, if no other client holds that role. ``explicit`` (``session.claim_approver``)
+        turns a refusal into an error; implicit claims (create, send) fail silently."""
+        def refuse(message: str, **data: Any) -> None:
+            if explicit:
+                raise ApproverRefused(message, session_id=self.session_id, **data)
+
+        with self._lock:
+            if not self.spec.delegates_to_kind:
+                return refuse("This session does not delegate approval to a client kind",
+                              mode=self.spec.mode, approve_via=self.spec.approve_via)
+            if caller.kind != self.spec.approve_via:
+                return refuse(f"Only a client of kind {self.spec.approve_via!r} may approve for this session",
+                              expected_kind=self.spec.approve_via, kind=caller.kind)
+            if self.approver is not None:
+                if self.approver.is_held_by(caller):
+                    return self.approver
+                return refuse("Another client already approves for this session",
+                              approver=self.approver.client_ref)
+            self.approver = caller.originator()
+            self._publish("approver_claimed", {"approver": self.approver.public()}, self.approver)
+            return self.approver
+
+    # -- queries ----------------------------------------------------------------------------
+    def snapshot(self, detail: bool = False) -> dict[str, Any]:
+        spec = self.spec
+        with self._lock:
+            out: dict[str, Any] = {
+                "session_id": self.session_id, "name": spec.name, "runtime": spec.runtime,
+                "runtime_version": self.runtime_version, "cwd": str(spec.cwd), "mode": spec.mode,
+                "approve_via": spec.approve_via if spec.mode == UNATTENDED else None, "state": self.state,
+                "owner": self.owner.public(), "created_at": self.created_at, "restart": spec.restart,
+                "max_turn_s": spec.max_turn_s, "turns": self._turns_accepted, "queued": len(self._queue),
+                "current_turn": self._current.summary() if self._current is not None else None,
+                "usage": dict(self._usage), "closed_reason": self.closed_reason}
+            if detail:
+                out.update({
+                    "args": list(spec.args), "env_names": sorted(spec.env),
+                    "queued_turns": [turn.summary() for turn in self._queue],
+                    "approver": self.approver.public() if self.approver is not None else None,
+                    "pending_permissions": self._approvals.pending()})
+        if detail:
+            out["runner"] = self.supervisor.snapshot()
+            out["stderr_tail"] = self.supervisor.stderr.tail()
+        return out
+
+    # -- the runtime's side (RunnerListener) -----------------------------------------------
+    def runner_event(self, type: str, data: dict) -> None:
+        with self._lock:
+            self._publish(type, data)
+
+    def runner_started(self, pid: int) -> None:
+        with self._lock:
+            if self.state == RESTARTING:
+                self._set_state(STARTING, f"runtime restarted as pid {pid}")
+            self._disarm_ready_timer()
+            timeout = self.services.supervision.ready_timeout_s
+            self._ready_timer = self.services.scheduler.call_later(timeout, lambda: self._ready_overdue(pid, timeout))
+
+    def _ready_overdue(self, pid: int, timeout: float) -> None:
+        with self._lock:
+            if self.state != STARTING or self.supervisor.snapshot().get("pid") != pid:
+                return
+            self._protocol_error("no_ready", f"no ready message within {timeout:g} s of starting pid {pid}; "
+                                             "killing it", None)
+        self.supervisor.kill(f"no ready within {timeout:g} s")
+
+    def _disarm_ready_timer(self) -> None:
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+
+    def runner_line(self, line: bytes | Oversized) -> None:
+        if isinstance(line, Oversized):
+            return self._protocol_error("oversized", f"a line of {line.length} bytes exceeds the "
+                                                     f"{MAX_LINE_BYTES}-byte limit and was dropped", None)
+        if not line.strip():
+            return
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            return self._protocol_error(exc.reason, exc.detail, line)
+        with self._lock:
+            self._handlers[message["type"]](message)
+
+    def runner_exited(self, exit: ExitInfo, verdict: Verdict) -> None:
+        with self._lock:
+            self._disarm_ready_timer()
+            self._approvals.abandon(f"runtime {exit.describe()}")
+            turn = self._current
+            if turn is not None:
+                status = "cancelled" if turn.cancel_reason else "failed"
+                self._finish_turn(turn, status, reason=turn.cancel_reason or f"runtime {exit.describe()}")
+            state = verdict.action.state
+            self._set_state(state, verdict.reason)
+            if state in ENDED_STATES:
+                self._drop_queue(f"the session is {state}")
+            if state == STOPPED and not self._closing:
+                self._announce_closed(verdict.reason, None)
+
+    def permission_resolved(self, request: PermissionRequest) -> None:
+        """Tell the runtime how its request ended (answered, timed out or cancelled)."""
+        with self._lock:
+            response = self._approvals.response(request)
+            if response is None:
+                return
+            self.supervisor.send(response)
+            if not self._approvals.pending() and self.state == WAITING_PERMISSION:
+                self._set_state(BUSY, f"permission request {request.state}")
+
+    # -- runtime messages -------------------------------------------------------------------
+    def _on_ready(self, message: dict) -> None:
+        if self.state != STARTING:
+            return self._protocol_error("unexpected", f"ready while {self.state}", None)
+        self._disarm_ready_timer()
+        self.runtime_version = message.get("version")
+        self._set_state(IDLE, "runtime ready", runtime_version=self.runtime_version)
+        self._dispatch()
+
+    def _on_text(self, message: dict) -> None:
+        if turn := self._turn_of(message):
+            self._publish("text_chunk", {"turn_id": turn.turn_id, "text": message["text"]}, turn.originator)
+
+    def _on_tool_start(self, message: dict) -> None:
+        if turn := self._turn_of(message):
+            self._publish("tool_start", {"turn_id": turn.turn_id, "tool_use_id": message["tool_use_id"],
+                                         "tool": message["tool"], "input": message["input"]}, turn.originator)
+
+    def _on_tool_end(self, message: dict) -> None:
+        if turn := self._turn_of(message):
+            self._publish("tool_end", {"turn_id": turn.turn_id, "tool_use_id": message["tool_use_id"],
+                                       "ok": message["ok"], "output": message.get("output", "")}, turn.originator)
+
+    def _on_permission_request(self, message: dict) -> None:
+        turn = self._turn_of(message)
+        if turn is None:
+            return
+        if self._approvals.is_pending(message["request_id"]):
+            return self._protocol_error("duplicate_request", f"request_id {message['request_id']} is pending", None)
+        if self._approvals.ask(message, turn.turn_id, turn.originator, self.approver):
+            self._set_state(WAITING_PERMISSION, f"{message['tool']} needs permission")
+
+    def _on_turn_done(self, message: dict) -> None:
+        turn = self._turn_of(message)
+        if turn is None:
+            return
+        if message.get("resume_token"):
+            self._resume_token = message["resume_token"]
+        self._finish_turn(turn, message["status"], usage=message.get("usage"), reason=turn.cancel_reason)
+        self._set_state(IDLE, f"turn {message['status']}")
+        self._dispatch()
+
+    def _on_error(self, message: dict) -> None:
+        turn = self._current if self._current and self._current.turn_id == message.get("turn_id") else None
+        self._publish("runtime_error", {"turn_id": message.get("turn_id"), "message": message["message"]},
+                      turn.originator if turn else None)
+
+    def _on_log(self, message: dict) -> None:
+        log.debug("session %s runtime log (%s): %s", self.session_id, message["level"], message["message"])
+        self._publish("runtime_log", {"level": message["level"], "message": message["message"]})
+
+    def _turn_of(self, message: dict) -> Turn | None:
+        turn = self._current
+        if turn is None or turn.turn_id != message["turn_id"]:
+            self._protocol_error("unknown_turn", f"{message['type']} for turn {message['turn_id']}, but the "
+                                                 f"running turn is {turn.turn_id if turn else 'none'}", None)
+            return None
+        return turn
+
+    def _protocol_error(self, reason: str, detail: str, line: bytes | None) -> None:
+        data: dict[str, Any] = {"reason": reason, "detail": detail}
+        if line is not None:
+            data.update(bytes=len(line), line_prefix=line[:200].decode("utf-8", "replace"))
+        log.info("session %s: runtime protocol error %s: %s", self.session_id, reason, detail)
+        with self._lock:
+            self._publish("runtime_protocol_error", data)
+
+    # -- turns ------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start the next queued turn if the runtime is ready for one."""
+        if self.state != IDLE or self._current is not None or not self._queue:
+            return
+        turn = self._current = self._queue.popleft()
+        turn.started_at = time.time()
+        self._publish("turn_started", {"turn_id": turn.turn_id, "message_id": turn.message_id}, turn.originator)
+        self._set_state(BUSY, f"turn {turn.turn_id} started")
+        if self.spec.max_turn_s is not None:
+            turn.timers.append(self.services.scheduler.call_later(self.spec.max_turn_s, lambda: self._time_out(turn)))
+        self.supervisor.send(encode({"type": "turn", "turn_id": turn.turn_id, "text": turn.text}))
+
+    def _cancel_current(self, reason: str, by: str | None) -> None:
+        turn = self._current
+        if turn is None or turn.cancel_reason is not None:
+            return
+        turn.cancel_reason = reason
+        self._publish("turn_cancel_requested", {"turn_id": turn.turn_id, "reason": reason, "by": by}, turn.originator)
+        self.supervisor.send(encode({"type": "cancel", "turn_id": turn.turn_id, "reason": reason}))
+        self._approvals.cancel("turn cancelled")
+        grace = self.services.supervision.cancel_grace_s
+        turn.timers.append(self.services.scheduler.call_later(grace, lambda: self._cancel_overdue(turn, grace)))
+
+    def _time_out(self, turn: Turn) -> None:
+        with self._lock:
+            if self._current is turn:
+                self._cancel_current(f"max_turn_s ({self.spec.max_turn_s:g} s) exceeded", by=None)
+
+    def _cancel_overdue(self, turn: Turn, grace: float) -> None:
+        with self._lock:
+            if self._current is not turn:
+                return
+        self.supervisor.kill(f"turn {turn.turn_id} did not end within {grace:g} s of its cancel")
+
+    def _finish_turn(self, turn: Turn, status: str, *, usage: dict | None = None, reason: str | None = None) -> None:
+        for timer in turn.timers:
+            timer.cancel()
+        if self._current is turn:
+            self._current = None
+        data: dict[str, Any] = {"turn_id": turn.turn_id, "message_id": turn.message_id, "status": status}
+        if usage:
+            data["usage"] = usage
+            for name, value in usage.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "duration_ms":
+                    self._usage[name] = self._usage.get(name, 0) + value
+        if reason:
+            data["reason"] = reason
+        self._publish("turn_done", data, turn.originator)
+        self._approvals.cancel(f"turn {status}")
+
+    def _drop_queue(self, reason: str) -> None:
+        while self._queue:
+            self._finish_turn(self._queue.popleft(), "dropped", reason=reason)
+
+    # -- state and events -------------------------------------------------------------------
+    def _set_state(self, state: str, reason: str | None = None, **extra: Any) -> None:
+        """The one way the state changes (the lock is held): only along ``TRANSITIONS``; a
+        move that stays in its state announces nothing."""
+        TRANSITIONS.check(self.state, state)
+        if state == self.state:
+            return
+        previous, self.state = self.state, state
+        self._publish("session_state", {"state": state, "previous": previous, "reason": reason, **extra})
+        if state in ENDED_STATES:
+            self.services.on_ended(self)
+
+    def _announce_closed(self, reason: str, by: str | None) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._publish("session_closed", {"reason": reason, "by": by})
+
+    def _publish(self, type: str, data: dict[str, Any], originator: Originator | None = None, *,
+                 acknowledged: bool = False) -> None:
+        """Publish one of this session's events. ``acknowledged``: a frontend's call answers
+        for it, so a store failure is that call's error. Anything else (runtime output, state
+        changes) cannot be refused: what the store loses is counted and announced later."""
+        try:
+            self.services.bus.publish(type, data, session_id=self.session_id, originator=originator)
+        except BusClosed:
+            log.warning("session %s: %s after the event bus closed; not recorded", self.session_id, type)
+            return
+        except EventNotDurable as exc:
+            if acknowledged:
+                raise
+            self._count_unrecorded(type, str(exc))
+            return
+        if self._unrecorded is not None:
+            self._announce_unrecorded()
+
+    def _count_unrecorded(self, type: str, reason: str) -> None:
+        with self._lock:
+            if self._unrecorded is None:
+                log.error("session %s: the event log refuses events (%s); counting what is lost until it "
+                          "recovers", self.session_id, reason)
+                self._unrecorded = {"count": 0, "types": {}, "reason": reason, "since": time.time()}
+            self._unrecorded["count"] += 1
+            self._unrecorded["types"][type] = self._unrecorded["types"].get(type, 0) + 1
+
+    def _announce_unrecorded(self) -> None:
+        with self._lock:
+            lost, self._unrecorded = self._unrecorded, None
+        if lost is None:
+            return
+        log.warning("session %s: %d event(s) were not recorded while the event log failed", self.session_id,
+                    lost["count"])
+        self._publish("events_unrecorded", {**lost, "until": time.time()})
+
+    def _init_message(self) -> bytes:
+        return encode({"type": "init", "protocol": 1, "session_id": self.session_id, "cwd": str(self.spec.cwd),
+                       "mode": self.spec.mode, "args": list(self.spec.args), "resume_token": self._resume_token})
