@@ -293,7 +293,9 @@ class Dispatcher:
         except Exception as exc:
             translated = self.registry.translated(exc)
             if translated is not None:
-                log.warning("%s failed: %s", method_name, translated.message)
+                # A refusal the client is told about (unknown session, full queue ...): routine,
+                # and a client could make a flood of them. Translations that mean trouble log it.
+                log.debug("%s refused: %s", method_name, translated.message)
                 raise translated from None
             error_id = secrets.token_hex(6)
             log.exception("internal error in %s (error_id=%s)", method_name, error_id)

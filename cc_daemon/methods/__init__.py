@@ -10,6 +10,7 @@ transport: the caller arrives as ``Call.caller`` (an ``identity.Caller``).
 from __future__ import annotations
 
 import errno
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,8 @@ from ..errors import STORAGE_UNAVAILABLE
 from ..rpc import Registry, RpcError
 from ..sessions import SessionManager
 from ..state import RecordsNotStored
+
+log = logging.getLogger("cc_daemon.methods")
 
 
 @dataclass
@@ -62,6 +65,7 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 def storage_unavailable(exc: Exception) -> RpcError:
     # Whatever the method did was not stored, so the call is not acknowledged: the client
     # must know to retry once the operator has fixed the store (/readyz says when).
+    log.warning("storage unavailable: %s", exc)
     return RpcError(STORAGE_UNAVAILABLE, "Storage unavailable",
                     {"reason": str(exc), "retry": "when /readyz answers 200"})
 
