@@ -20,17 +20,18 @@ from typing import Any, Callable
 
 from . import API_VERSION, __version__
 from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
-from .eventlog import DEFAULT_RETENTION_EVENTS, EventLogError, SqliteEventStore
+from .database import DatabaseError
+from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore
 from .events import EventBus
 from .identity import ClientRegistry, load_or_create_key
 from .methods import MethodContext, build_registry
 from .metrics import Metrics
 from .permissions import PermissionStore
+from .records import RecordTable
 from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .session import SessionLimits
 from .sessions import SessionManager
-from .state import RecordTable
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, read_json, remove_quietly)
 from .supervisor import SupervisionConfig
@@ -184,13 +185,13 @@ class Daemon:
                                     cache_events=options.event_buffer,
                                     cache_bytes=max(1, int(options.event_buffer_mb * 2**20)),
                                     synchronous=options.event_log_sync)
-        except EventLogError as exc:
+        except DatabaseError as exc:
             raise StartupError(str(exc)) from None
 
     def _open_record_table(self, table: str) -> RecordTable:
         try:
             return RecordTable(self.data_dir.database, table, self.options.event_log_sync)
-        except EventLogError as exc:
+        except DatabaseError as exc:
             self.event_log.close()
             raise StartupError(str(exc)) from None
 

@@ -1,251 +1,40 @@
 """The durable event log: events kept in SQLite so that nothing acknowledged is ever lost.
 
-Owns: the event tables of ``<data-dir>/daemon.db`` and their migrations; group commit (one
-writer thread turns a burst of appends into one transaction); the visible watermark (an
-event becomes readable only once committed, so no reader ever sees an id a crash could
-take back); an in-memory cache of recent events, bounded by count and by bytes, that serves
-the live tail without touching disk; paged reads of older history on separate read-only
+Owns: group commit (one writer thread turns a burst of appends into one transaction); the
+visible watermark (an event becomes readable only once committed, so no reader ever sees an
+id a crash could take back); serving the live tail from the cache of recent events
+(``eventcache``) without touching disk; paged reads of older history on separate read-only
 connections, each page bounded by bytes too; retention by count and age, pruned by the
-writer in small steps; health and SQLite's integrity check.
+writer in small steps; checkpointing the WAL; health and SQLite's integrity check.
 
-Also owns how the daemon's database is opened (``open_database``) and how a component's
-tables are versioned (``migrate``, one row per component in ``schema_version``), so other
-stores can keep their own tables in the same file with the same pragmas.
-
-Must not: assign ids or decide who may see what (the bus does); know about HTTP or
+Must not: open, version or check the database file other than through ``database`` (the
+record tables share the file), nor lay out its tables or rows other than through
+``eventtable``; assign ids or decide who may see what (the bus does); know about HTTP or
 JSON-RPC; store anything about a client beyond an event's ``Originator`` (keyed hash,
 public ref, kind).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sqlite3
 import threading
 import time
-from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import accumulate, chain
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .events import Event, EventNotDurable, Originator, compact_json
+from .database import DatabaseError, database_problems, migrate, open_database, rollback_quietly
+from .eventcache import EventCache
+from .events import Event, EventNotDurable
+from .eventtable import (COLUMNS, COMPONENT, DATA, MIGRATIONS, SCHEMA_VERSIONS, SET_META, Row, event_row, insert_rows,
+                         memory_of, read_rows)
 
 log = logging.getLogger("cc_daemon.eventlog")
 
 DEFAULT_RETENTION_EVENTS = 1_000_000
 DEFAULT_RETENTION_AGE_S = 7 * 86400.0
-#: ``normal``: a committed event survives a crash or ``kill -9`` of the daemon (the OS has
-#: it). ``full``: it also survives power loss or an OS crash (the WAL is fsynced per commit).
-SYNC_MODES = ("normal", "full")
-#: How long a connection waits for another one's lock before reporting ``database is locked``.
-BUSY_TIMEOUT_S = 5.0
-
-COMPONENT = "event_log"
-#: Forward migrations of the event log's tables: entry ``i`` upgrades version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        # No secondary index: each one costs a b-tree insert per event on the hot path
-        # (measured 20-60 % of the insert cost); reads go by id range, which is the rowid.
-        """CREATE TABLE events (
-               id          INTEGER PRIMARY KEY,
-               ts          REAL NOT NULL,
-               type        TEXT NOT NULL,
-               session_id  TEXT,
-               client_key  TEXT,
-               client_ref  TEXT,
-               client_kind TEXT,
-               data        TEXT NOT NULL
-           )""",
-        # The newest id ever committed, written whenever pruning deletes rows, so that ids
-        # never go back even after retention removed every event.
-        "CREATE TABLE event_log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    ),
-)
-
-COLUMNS = "id, ts, type, session_id, client_key, client_ref, client_kind, data"
-INSERT_EVENT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-#: Rows per multi-row INSERT. A statement step storing 16 rows costs less per event than a step
-#: per row (measured 1.8-2.1 against 2.7-2.9 us per event, in commits of 100 to 1000 events);
-#: more rows per statement gained nothing measurable, and left more of a batch to single-row
-#: inserts. 128 parameters are far below SQLite's limit (999 before 3.32).
-INSERT_ROWS = 16
-INSERT_EVENTS = f"INSERT INTO events ({COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * INSERT_ROWS)
-SET_META = ("INSERT INTO event_log_meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-
-Row = tuple[Any, ...]
-#: Where a row holds the event's data (compact JSON).
-DATA = 7
-
-
-class EventLogError(RuntimeError):
-    """The event log cannot be opened or read; the message says why, for a human."""
-
-
-class SchemaTooNew(EventLogError):
-    """The database was written by a newer cc_daemon than this one."""
-
-
-# -- the database file ----------------------------------------------------------------------
-def open_database(path: Path, *, synchronous: str = "normal", read_only: bool = False) -> sqlite3.Connection:
-    """A connection to the daemon's database with the settings every user of it shares.
-
-    Autocommit mode (``isolation_level=None``): transactions are the caller's explicit
-    ``BEGIN`` / ``COMMIT``, never opened behind its back. Usable from one thread at a time.
-    A writable open creates the file private (0600) and puts it in WAL mode, so that
-    readers never block the writer and the writer never blocks readers. An existing file is
-    never opened outside SQLite: closing any other descriptor of it would drop every POSIX
-    lock this process holds on it, and another process closing its connection would then
-    take itself for the last user and delete the WAL under the daemon.
-    """
-    if synchronous not in SYNC_MODES:
-        raise ValueError(f"synchronous must be one of {SYNC_MODES}")
-    path = Path(path)
-    try:
-        if read_only:
-            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                 check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-            db.execute("PRAGMA query_only = ON")
-            return db
-        try:  # private from its first byte
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass  # an existing file is only ever opened through SQLite (see above)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            db.close()
-            raise EventLogError(f"{path}: SQLite refused WAL mode (got {mode!r}); is it on a network filesystem?")
-        db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        return db
-    except sqlite3.DatabaseError as exc:
-        raise EventLogError(f"cannot open the database {path}: {exc} "
-                            "(run `cheetahclaws daemon doctor`, or move the file aside)") from None
-    except OSError as exc:
-        raise EventLogError(f"cannot open the database {path}: {exc.strerror or exc}") from None
-
-
-def schema_version(db: sqlite3.Connection, component: str) -> int:
-    """The version of ``component``'s tables in ``db`` (0: never created)."""
-    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
-    if not exists:
-        return 0
-    row = db.execute("SELECT version FROM schema_version WHERE component = ?", (component,)).fetchone()
-    return row[0] if row else 0
-
-
-def migrate(db: sqlite3.Connection, component: str, migrations: Sequence[Sequence[str]], path: Path) -> int:
-    """Bring ``component``'s tables to the newest version this code knows; returns it.
-
-    Each step runs in its own transaction with its version bump, so a crash mid-way leaves
-    the database at a consistent older version that the next start continues from. A
-    database at a newer version than ``migrations`` describes is refused, not guessed at.
-    """
-    known = len(migrations)
-    current = schema_version(db, component)
-    if current > known:
-        raise SchemaTooNew(f"{path} holds {component} schema version {current}, but this cc_daemon only knows "
-                           f"versions up to {known}: upgrade cc_daemon, or use another --data-dir")
-    for version in range(current, known):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version "
-                       "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-            for statement in migrations[version]:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (component, version) VALUES (?, ?) "
-                       "ON CONFLICT (component) DO UPDATE SET version = excluded.version", (component, version + 1))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.info("%s: %s schema migrated to version %d", path, component, version + 1)
-    return known
-
-
-def check_database(path: Path, schema_versions: dict[str, int] | None = None) -> list[str]:
-    """Problems in the database at ``path`` (SQLite's integrity check, known schema); [] if healthy.
-
-    ``schema_versions``: the newest version of each component this code knows (default:
-    the event log's alone). Opens the file read-only, so it is safe while a daemon uses it.
-    """
-    path = Path(path)
-    if not path.exists():
-        return [f"no database at {path} (has a daemon run with this data dir?)"]
-    try:
-        db = open_database(path, read_only=True)
-    except EventLogError as exc:
-        return [str(exc)]
-    try:
-        return integrity_problems(db) + schema_problems(db, path, schema_versions or {COMPONENT: len(MIGRATIONS)})
-    except sqlite3.Error as exc:
-        return [f"cannot check {path}: {exc}"]
-    finally:
-        db.close()
-
-
-def integrity_problems(db: sqlite3.Connection) -> list[str]:
-    messages = [row[0] for row in db.execute("PRAGMA integrity_check")]
-    return [] if messages == ["ok"] else messages
-
-
-def schema_problems(db: sqlite3.Connection, path: Path, schema_versions: dict[str, int]) -> list[str]:
-    return [f"{path}: {component} schema version {version} is newer than this cc_daemon knows ({known})"
-            for component, known in schema_versions.items()
-            if (version := schema_version(db, component)) > known]
-
-
-# -- rows -----------------------------------------------------------------------------------
-def event_row(event: Event) -> Row:
-    """The table row of ``event``; raises if its data is not JSON (before anything is stored)."""
-    originator = event.originator
-    return (event.id, event.ts, event.type, event.session_id,
-            originator.client_key if originator else None, originator.client_ref if originator else None,
-            originator.kind if originator else None, compact_json(event.data))
-
-
-def event_from_row(row: Row) -> Event:
-    event_id, ts, event_type, session_id, client_key, client_ref, client_kind, data = row
-    originator = Originator(client_key, client_ref, client_kind) if client_key is not None else None
-    return Event(event_id, ts, event_type, json.loads(data), session_id, originator)
-
-
-def memory_of(data_json: str) -> int:
-    """What an event read back or kept in memory costs, for the byte bounds: its decoded data
-    and the JSON rendering streams share (``Event.to_json``) are each about as long as its
-    data's JSON, which is ASCII (one byte per character)."""
-    return 2 * len(data_json)
-
-
-def insert_rows(db: sqlite3.Connection, rows: list[Row]) -> None:
-    """``rows`` into ``events``: whole groups of ``INSERT_ROWS`` a statement, the rest one by one."""
-    grouped = len(rows) - len(rows) % INSERT_ROWS
-    if grouped:  # a call with nothing to do still costs a microsecond, and a lone event is common
-        db.executemany(INSERT_EVENTS, [list(chain.from_iterable(rows[start:start + INSERT_ROWS]))
-                                       for start in range(0, grouped, INSERT_ROWS)])
-    if grouped < len(rows):
-        db.executemany(INSERT_EVENT, rows[grouped:])
-
-
-def read_rows(cursor: sqlite3.Cursor, max_bytes: int) -> tuple[list[Event], bool]:
-    """The events of ``cursor``'s rows while they fit in ``max_bytes`` (``memory_of``; the first
-    row always), and whether rows were left unread. Closes the cursor: an unfinished statement
-    would keep its read transaction, and a WAL restart checkpoint waits for every reader."""
-    events: list[Event] = []
-    left = max_bytes
-    try:
-        for row in cursor:
-            left -= memory_of(row[DATA])
-            if left < 0 and events:
-                return events, True
-            events.append(event_from_row(row))
-        return events, False
-    finally:
-        cursor.close()
 
 
 @dataclass(frozen=True)
@@ -320,7 +109,7 @@ class SqliteEventStore:
             last, oldest, oldest_ts = self._load_positions()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise EventLogError(f"cannot read the event log in {self.path}: {exc} "
+            raise DatabaseError(f"cannot read the event log in {self.path}: {exc} "
                                 "(run `cheetahclaws daemon doctor`)") from None
         except BaseException:
             self._db.close()
@@ -342,15 +131,8 @@ class SqliteEventStore:
         self._writing_upto = last
         self._assigned = self._visible = last
         self._oldest, self._oldest_ts = oldest, oldest_ts
-        # The cache: a ring holding ids ``_cache_start.._visible`` at slot ``id % len(_cache)``,
-        # with each one's ``memory_of`` beside it (0 in empty slots) and their sum. It starts
-        # small and grows to ``cache_events`` slots as events arrive (``_grow_cache``).
-        self._cache_slots = cache_events
-        self._cache: list[Event | None] = [None] * min(cache_events, self.INITIAL_CACHE_SLOTS)
-        self._cache_sizes = [0] * len(self._cache)
-        self._cache_bytes = 0
-        self._cache_budget = cache_bytes
-        self._cache_start = last + 1  # the cache never holds anything older than this process's events
+        # Sized by ``memory_of``; it never holds anything older than this process's events.
+        self._cache = EventCache(last, cache_events, cache_bytes, self.INITIAL_CACHE_SLOTS)
         self._failure: str | None = None
         self._retry_delay = self.MIN_RETRY_S
         self._prune_retry_at = 0.0
@@ -501,7 +283,7 @@ class SqliteEventStore:
         self._work.notify()
 
     def _make_visible(self, events: list[Event], rows: list[Row]) -> None:
-        self._cache_batch(events, rows)
+        self._cache.add(events, [memory_of(row[DATA]) for row in rows])
         if self._oldest > self._visible:  # the log was empty: this batch starts it
             self._oldest_ts = events[0].ts
         self._visible = events[-1].id
@@ -513,61 +295,6 @@ class SqliteEventStore:
             log.warning("event log %s: storing events again (%s cleared)", self.path, self._failure)
             self._failure = None
             self._retry_delay = self.MIN_RETRY_S
-
-    def _cache_batch(self, events: list[Event], rows: list[Row]) -> None:
-        """Put a committed batch in the ring over the oldest events, then drop more of the
-        oldest while the cache is over its byte budget; the newest stays, however large."""
-        self._grow_cache(events[-1].id - self._cache_start + 1)
-        capacity = len(self._cache)
-        events = events[-capacity:]
-        sizes = [memory_of(row[DATA]) for row in rows[-capacity:]]
-        lo = events[0].id % capacity
-        fit = capacity - lo  # slots before the ring wraps around to slot 0
-        if len(events) <= fit:
-            self._cache_run(lo, events, sizes)
-        else:
-            self._cache_run(lo, events[:fit], sizes[:fit])
-            self._cache_run(0, events[fit:], sizes[fit:])
-        last = events[-1].id
-        self._cache_start = max(self._cache_start, last - capacity + 1)
-        if self._cache_bytes > self._cache_budget:
-            self._evict_over_budget(last)
-
-    def _grow_cache(self, wanted: int) -> None:
-        """Make the ring hold ``wanted`` events if ``cache_events`` allows, at least doubling it.
-
-        Two rings of 65,536 slots are 1 MB that an idle daemon, or one with short-lived
-        sessions, never fills; growing by doubling keeps the copying O(1) per event.
-        """
-        capacity = len(self._cache)
-        if wanted <= capacity or capacity == self._cache_slots:
-            return
-        grown = min(self._cache_slots, max(wanted, 2 * capacity))
-        cache: list[Event | None] = [None] * grown
-        sizes = [0] * grown
-        for event_id in range(self._cache_start, self._visible + 1):
-            cache[event_id % grown] = self._cache[event_id % capacity]
-            sizes[event_id % grown] = self._cache_sizes[event_id % capacity]
-        self._cache, self._cache_sizes = cache, sizes
-
-    def _cache_run(self, lo: int, events: list[Event], sizes: list[int]) -> None:
-        """Put ``events`` in slots ``lo`` on (without wrapping), in place of what was there.
-        Slice assignments, not a loop per event: this runs for every commit."""
-        hi = lo + len(events)
-        self._cache_bytes += sum(sizes) - sum(self._cache_sizes[lo:hi])
-        self._cache[lo:hi], self._cache_sizes[lo:hi] = events, sizes
-
-    def _evict_over_budget(self, last: int) -> None:
-        """Drop the oldest cached events until the rest fit the byte budget or only ``last`` is left."""
-        cache, sizes, capacity = self._cache, self._cache_sizes, len(self._cache)
-        first, excess = self._cache_start, self._cache_bytes - self._cache_budget
-        while excess > 0 and first < last:
-            slot = first % capacity
-            excess -= sizes[slot]
-            cache[slot], sizes[slot] = None, 0
-            first += 1
-        self._cache_start = first
-        self._cache_bytes = self._cache_budget + excess
 
     # -- EventStore: reading ------------------------------------------------------------------
     def last_id(self) -> int:
@@ -582,25 +309,12 @@ class SqliteEventStore:
             stop = min(self._visible, start + limit - 1)
             if start > stop:
                 return []
-            if start >= self._cache_start:
-                return self._cached_page(start, stop)
+            if start >= self._cache.start:
+                return self._cache.page(start, stop, self.PAGE_BYTES)
         with self._reader() as db:
             events, _ = read_rows(db.execute(f"SELECT {COLUMNS} FROM events WHERE id BETWEEN ? AND ? ORDER BY id",
                                              (start, stop)), self.PAGE_BYTES)
         return events
-
-    def _cached_page(self, start: int, stop: int) -> list[Event]:
-        """Cached events ``start..stop``, as many of the first as fit in ``PAGE_BYTES`` (one at
-        least); the lock is held."""
-        capacity = len(self._cache)
-        lo, hi = start % capacity, stop % capacity + 1
-        if lo < hi:
-            page, sizes = self._cache[lo:hi], self._cache_sizes[lo:hi]
-        else:  # the range wraps around the end of the ring
-            page, sizes = self._cache[lo:] + self._cache[:hi], self._cache_sizes[lo:] + self._cache_sizes[:hi]
-        if sum(sizes) > self.PAGE_BYTES:
-            del page[max(1, bisect_right(list(accumulate(sizes)), self.PAGE_BYTES)):]
-        return page
 
     def query(self, *, after_id: int = 0, before_id: int | None = None, types: Sequence[str] = (),
               session_id: str | None = None, since_ts: float | None = None, until_ts: float | None = None,
@@ -646,7 +360,7 @@ class SqliteEventStore:
         with self._pool:
             while True:
                 if self._pool_closed:
-                    raise EventLogError("the event log is closed")
+                    raise DatabaseError("the event log is closed")
                 if self._idle_readers:
                     db: sqlite3.Connection | None = self._idle_readers.pop()
                     break
@@ -680,13 +394,13 @@ class SqliteEventStore:
             detail = {"ok": ok, "last_id": self._visible, "oldest_id": self._oldest,
                       "pending": len(self._pending_rows), "failure": self._failure,
                       "synchronous": self.synchronous, "commits": self._commits, "events_committed": self._committed,
-                      "cached_events": self._visible - self._cache_start + 1, "cached_bytes": self._cache_bytes}
+                      "cached_events": len(self._cache), "cached_bytes": self._cache.bytes}
         return ok, detail
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity check of the live database, and the schema check; [] when sound."""
         with self._reader() as db:
-            return integrity_problems(db) + schema_problems(db, self.path)
+            return database_problems(db, self.path, SCHEMA_VERSIONS)
 
     # -- the maintenance thread ---------------------------------------------------------------
     def _run_maintenance(self) -> None:
@@ -745,7 +459,7 @@ class SqliteEventStore:
             _, wal_pages, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if wal_pages >= self.CHECKPOINT_RESTART_PAGES:
                 self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        except (sqlite3.Error, EventLogError) as exc:
+        except (sqlite3.Error, DatabaseError) as exc:
             log.warning("event log %s: checkpoint failed (%s); retrying in %.0f s", self.path, exc, self.MAX_RETRY_S)
             with self._lock:
                 self._checkpoint_at = time.monotonic() + self.MAX_RETRY_S
@@ -849,11 +563,3 @@ class SqliteEventStore:
         for db in idle:
             db.close()
 
-
-def rollback_quietly(db: sqlite3.Connection) -> None:
-    """Roll back an open transaction; a failure here only means there is nothing to undo."""
-    try:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass

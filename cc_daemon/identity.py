@@ -40,7 +40,7 @@ from typing import Callable
 
 from .events import Originator
 from .lru import remember
-from .state import RecordsNotStored, RecordTable
+from .records import RecordsNotStored, RecordTable
 from .storage import atomic_write
 
 log = logging.getLogger("cc_daemon.identity")

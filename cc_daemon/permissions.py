@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 from .events import EventBus, Originator
 from .errors import NOT_ORIGINATOR, UNKNOWN_REQUEST
+from .records import RecordsNotStored, RecordTable
 from .rpc import RpcError
-from .state import RecordsNotStored, RecordTable
 from .timers import Scheduler, TimerHandle
 
 log = logging.getLogger("cc_daemon.permissions")

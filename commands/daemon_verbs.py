@@ -16,6 +16,8 @@ from .common import add_connection, add_data_dir, fail
 
 # LSB init-script status codes.
 RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
+#: The data dir as help texts name it, so that they show the paths DataDir gives.
+HELP_DATA_DIR = DataDir(Path("<data-dir>"))
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:
@@ -36,7 +38,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                       help="seconds to wait after each step before the next, harder one (default 10)")
     stop.set_defaults(run=run_stop)
 
-    logs = actions.add_parser("logs", help="print the daemon log (<data-dir>/logs/daemon.log)",
+    logs = actions.add_parser("logs", help=f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
                               epilog="example: cheetahclaws daemon logs -n 100 -f")
     add_connection(logs)
     logs.add_argument("-n", type=int, default=50, metavar="N", help="last N lines (default 50)")
@@ -49,7 +51,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     rotate.add_argument("--print-token", action="store_true", help="print the new token")
     rotate.set_defaults(run=run_rotate)
 
-    doctor = actions.add_parser("doctor", help="check <data-dir>/daemon.db with SQLite's integrity check "
+    doctor = actions.add_parser("doctor", help=f"check {HELP_DATA_DIR.database} with SQLite's integrity check "
                                                "(exit 0 sound, 1 problems); safe while the daemon runs",
                                 epilog="example: cheetahclaws daemon doctor --data-dir ~/.cheetahclaws")
     add_data_dir(doctor)
@@ -254,10 +256,10 @@ def run_rotate(args: argparse.Namespace) -> int:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from cc_daemon import eventlog, state
+    from cc_daemon.database import check_database
 
     path = DataDir.resolve(args.data_dir).database
-    problems = eventlog.check_database(path, {eventlog.COMPONENT: len(eventlog.MIGRATIONS), **state.SCHEMA_VERSIONS})
+    problems = check_database(path)
     if not problems:
         print(f"ok: {path} passed SQLite's integrity check")
         return 0

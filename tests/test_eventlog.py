@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cc_daemon.eventlog import (COMPONENT, MIGRATIONS, SchemaTooNew, SqliteEventStore, check_database, memory_of,
-                                migrate, open_database)
+from cc_daemon.database import SchemaTooNew, check_database, migrate, open_database
+from cc_daemon.eventlog import SqliteEventStore
 from cc_daemon.events import Event, EventBus, EventFilter, EventNotDurable, Gap, Originator, compact_json
+from cc_daemon.eventtable import COMPONENT, MIGRATIONS, memory_of
 from helpers.daemons import cli, wait_for
 from helpers.sse import open_stream, publish, take
 

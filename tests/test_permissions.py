@@ -10,7 +10,7 @@ from cc_daemon.client import InvalidParams, NotOriginator, UnknownRequest
 from cc_daemon.daemon import Daemon, DaemonOptions
 from cc_daemon.events import EventBus, Originator
 from cc_daemon.permissions import PermissionStore
-from cc_daemon.state import RecordsNotStored, RecordTable
+from cc_daemon.records import RecordsNotStored, RecordTable
 from cc_daemon.storage import DataDir
 from cc_daemon.timers import Scheduler
 from cc_daemon.transport.addresses import ListenAddress

@@ -21,7 +21,7 @@ from ..permissions import PermissionStore
 from ..errors import STORAGE_UNAVAILABLE
 from ..rpc import Registry, RpcError
 from ..sessions import SessionManager
-from ..state import RecordsNotStored
+from ..records import RecordsNotStored
 
 log = logging.getLogger("cc_daemon.methods")
 

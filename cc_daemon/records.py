@@ -4,9 +4,9 @@ Owns: one small table per component mapping a key to a JSON record (the client r
 by ``client_key``, pending permission requests by ``request_id``), written in one
 transaction per change set, so a crash leaves every record either old or new.
 
-Must not: interpret the records (each service owns its record format) or sit on a hot
-path: these writes happen when a client is first confirmed or a permission request is
-created or resolved, not per request.
+Must not: interpret the records (each service owns its record format); open or version
+the database other than through ``database``; sit on a hot path: these writes happen when
+a client is first confirmed or a permission request is created or resolved, not per request.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from .eventlog import migrate, open_database
+from .database import migrate, open_database, rollback_quietly
 
 #: The record tables a daemon keeps.
 TABLES = ("clients", "permission_requests")
@@ -71,17 +71,11 @@ class RecordTable:
                 self._db.executemany(f"DELETE FROM {self._table} WHERE key = ?", [(key,) for key in deletes])
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._roll_back()
+                rollback_quietly(self._db)
                 raise RecordsNotStored(f"{self._table}: {type(exc).__name__}: {exc}") from exc
             except BaseException:
-                self._roll_back()
+                rollback_quietly(self._db)
                 raise
-
-    def _roll_back(self) -> None:
-        # SQLite may already have rolled back by itself (SQLITE_FULL does): a second
-        # ROLLBACK would fail and hide the real error.
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:
