@@ -7,11 +7,11 @@ a late answer gets "already resolved", and so that a non-originator cannot tell 
 resolved request from a pending one.
 
 Check order, chosen so a non-originator learns nothing, not even whether an id exists:
-(1) is the id one of the caller's requests (-32001 otherwise, for an unknown id too),
-(2) is it still pending (-32002 otherwise).
+(1) is the id one of the caller's requests (``NotTheOriginator`` otherwise, for an unknown
+id too), (2) is it still pending (``AlreadyResolved`` otherwise).
 
-Must not: know about HTTP or JSON-RPC framing (it raises ``RpcError`` with the contract's
-codes, which are part of the domain here), or how a runtime is told the answer (callers
+Must not: know about HTTP or JSON-RPC (it raises the domain refusals below, which the
+method layer maps to the contract's codes), or how a runtime is told the answer (callers
 register ``on_resolved``).
 """
 
@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .events import EventBus, Originator
-from .errors import NOT_ORIGINATOR, UNKNOWN_REQUEST
 from .records import RecordsNotStored, RecordTable
-from .rpc import RpcError
+from .refused import Refused
 from .timers import Scheduler, TimerHandle
 
 log = logging.getLogger("cc_daemon.permissions")
@@ -39,6 +38,14 @@ UNATTENDED_TIMEOUT_S = 300.0
 MAX_LIFETIME_S = 24 * 3600.0
 
 PENDING, ANSWERED, TIMED_OUT, CANCELLED = "pending", "answered", "timed_out", "cancelled"
+
+
+class NotTheOriginator(Refused):
+    """The id is not one of the caller's requests: another client's, or none at all."""
+
+
+class AlreadyResolved(Refused):
+    """The caller's request is answered, timed out or cancelled already."""
 
 
 @dataclass
@@ -225,15 +232,15 @@ class PermissionStore:
         """
         request = self._pending.get(request_id) or self._resolved.get(request_id)
         if request is None or not request.originator.is_held_by(caller):
-            raise RpcError(NOT_ORIGINATOR, "Only the originator of a permission request may act on it",
-                           {"request_id": request_id})
+            raise NotTheOriginator("Only the originator of a permission request may act on it",
+                                   request_id=request_id)
         return request
 
     def _pending_for(self, request_id: str, caller: Any) -> PermissionRequest:
         request = self._own(request_id, caller)
         if request.state != PENDING:
-            raise RpcError(UNKNOWN_REQUEST, f"Permission request {request_id} is already {request.state}",
-                           {"request_id": request_id, "state": request.state})
+            raise AlreadyResolved(f"Permission request {request_id} is already {request.state}",
+                                  request_id=request_id, state=request.state)
         return request
 
     def _save(self, request: PermissionRequest) -> None:

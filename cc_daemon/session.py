@@ -35,6 +35,7 @@ from .events import BusClosed, EventBus, EventNotDurable, Originator
 from .identity import Caller
 from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
+from .refused import Refused
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
 from .storage import DataDir
 from .supervisor import FAILED, PARKED, RESTARTING, STOPPED, ExitInfo, Runner, SupervisionConfig, Verdict
@@ -69,14 +70,8 @@ LIVE_STATES = frozenset({STARTING, IDLE, BUSY, WAITING_PERMISSION, RESTARTING})
 ENDED_STATES = frozenset({PARKED, STOPPED, FAILED})
 
 
-class SessionRefused(Exception):
-    """A call the session service refuses. ``message`` and ``data`` are what its caller is
-    told (the method layer gives each subclass its error code)."""
-
-    def __init__(self, message: str, **data: Any):
-        super().__init__(message)
-        self.message = message
-        self.data = data
+class SessionRefused(Refused):
+    """A call the session service refuses (the method layer gives each subclass its code)."""
 
 
 class SessionNotAccepting(SessionRefused):

@@ -98,6 +98,14 @@ class DataDir:
         """Where *clients* keep their own ids (``<kind>.id``), as the contract places them."""
         return self.root / "clients"
 
+    def client_id_file(self, kind: str) -> Path:
+        """Where a client of ``kind`` keeps the id the daemon minted for it."""
+        return self.clients_dir / f"{kind}.id"
+
+    def attach_point(self, kind: str, session_id: str) -> Path:
+        """Where ``session attach`` by a client of ``kind`` remembers the last event it showed."""
+        return self.clients_dir / "attach" / f"{kind}.{session_id}"
+
     def ensure(self) -> None:
         """Create the directories the daemon writes to, private to the current user."""
         for directory in (self.root, self.run_dir, self.logs_dir):

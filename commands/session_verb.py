@@ -22,10 +22,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TextIO
 
 from .common import EXIT_REFUSED, add_client, client_verb, fail, non_negative_int
 from .events_verb import Style, compact, describe, event_line, notice, one_line
+
+if TYPE_CHECKING:  # the CLI imports the daemon's modules only in the verbs that run
+    from cc_daemon.storage import DataDir
 
 EXAMPLES = """examples:
   S=$(cheetahclaws session new demo --name try-it)      # prints the new session's id
@@ -459,15 +462,15 @@ def settled_outcome(kind: str, data: dict[str, Any]) -> str:
 
 # -- attach -------------------------------------------------------------------------------
 class ResumePoints:
-    """Where ``attach`` left each session: ``<clients-dir>/attach/<kind>.<session>`` holds
-    the id of the last event shown, so attaching again resumes right after it."""
+    """Where ``attach`` left each session: a file (``DataDir.attach_point``) holds the id of
+    the last event shown, so attaching again resumes right after it."""
 
-    def __init__(self, clients_dir: Path, kind: str):
-        self.root = clients_dir / "attach"
+    def __init__(self, layout: DataDir, kind: str):
+        self.layout = layout
         self.kind = kind
 
     def path(self, session_id: str) -> Path:
-        return self.root / f"{self.kind}.{session_id}"
+        return self.layout.attach_point(self.kind, session_id)
 
     def load(self, session_id: str) -> int | None:
         try:
@@ -479,8 +482,9 @@ class ResumePoints:
         from cc_daemon.storage import atomic_write
 
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write(self.path(session_id), f"{event_id}\n".encode())
+            path = self.path(session_id)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(path, f"{event_id}\n".encode())
         except OSError as exc:  # the view worked; only resuming it next time is lost
             notice(f"cannot remember where this attach left off ({exc.strerror})")
 
@@ -494,7 +498,7 @@ def run_attach(args: argparse.Namespace) -> int:
         fail(f"not a session id: {args.session!r}", 2)
     with connect(args) as client:
         session = client.sessions.get(args.session)  # also has the daemon mint our id before the stream
-        points = ResumePoints(DataDir.resolve(args.data_dir).clients_dir, client.kind)
+        points = ResumePoints(DataDir.resolve(args.data_dir), client.kind)
         since = start_point(args.since, points.load(args.session), client.last_event_id())
         transcript = Transcript(sys.stdout, client, verbose=args.verbose)
         transcript.line(transcript.style("bold", f"attached to {session['session_id']}") +

@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, Mapping
 
 from ..eventlog import SqliteEventStore
 from ..events import EventBus, EventNotDurable
@@ -22,6 +23,7 @@ from ..errors import STORAGE_UNAVAILABLE
 from ..rpc import Registry, RpcError
 from ..sessions import SessionManager
 from ..records import RecordsNotStored
+from ..refused import Refused
 
 log = logging.getLogger("cc_daemon.methods")
 
@@ -56,6 +58,17 @@ def build_registry(context: MethodContext) -> Registry:
     registry.translate(RecordsNotStored, storage_unavailable)
     registry.translate(OSError, data_dir_unavailable)
     return registry
+
+
+def translate_refusals(registry: Registry, codes: Mapping[type[Refused], int]) -> None:
+    """Answer each service refusal in ``codes`` with its code, and its message and data as
+    the service gave them."""
+    for refusal, code in codes.items():
+        registry.translate(refusal, partial(refused, code))
+
+
+def refused(code: int, exc: Refused) -> RpcError:
+    return RpcError(code, exc.message, exc.data)
 
 
 #: What a full, read-only or failing data dir raises, as opposed to a bug.

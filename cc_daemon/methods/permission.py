@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ..errors import INVALID_PARAMS, NOT_ORIGINATOR, UNKNOWN_REQUEST
-from ..permissions import INTERACTIVE_TIMEOUT_S, MAX_LIFETIME_S, PermissionRequest
+from ..permissions import (INTERACTIVE_TIMEOUT_S, MAX_LIFETIME_S, AlreadyResolved, NotTheOriginator,
+                           PermissionRequest)
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
-from . import MethodContext
+from ..refused import Refused
+from . import MethodContext, translate_refusals
 
 REQUEST_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "pr_<16 hex>"}
 ANSWER = object_schema({
@@ -17,10 +19,13 @@ SUMMARY = {"type": "object", "required": ["request_id", "tool", "input", "ration
 ORIGINATOR_ERRORS = (ErrorSpec(NOT_ORIGINATOR, "no request of the caller's has this id: another client's, or none "
                                                 "(HTTP 403; the same answer, so ids cannot be probed)"),
                      ErrorSpec(UNKNOWN_REQUEST, "the caller's request is already resolved (data.state says how)"))
+#: The code each refusal of the permission service is answered with (RFC 0001 §2).
+REFUSALS: dict[type[Refused], int] = {NotTheOriginator: NOT_ORIGINATOR, AlreadyResolved: UNKNOWN_REQUEST}
 
 
 def register(registry: Registry, context: MethodContext) -> None:
     permissions = context.permissions
+    translate_refusals(registry, REFUSALS)
 
     @registry.method(
         "permission.demo",

@@ -7,7 +7,6 @@ answered with ``permission.answer`` by that turn's originator. Errors: RFC 0004.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
@@ -17,7 +16,7 @@ from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
 from ..session import STATES, ApproverRefused, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
 from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
 from ..supervisor import RESTART_POLICIES
-from . import MethodContext
+from . import MethodContext, translate_refusals
 
 SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "ses_<16 hex>"}
 TURN_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "turn_<16 hex>"}
@@ -41,8 +40,7 @@ def register(registry: Registry, context: MethodContext) -> None:
     sessions = context.sessions
     if sessions is None:
         return  # a daemon composed without sessions serves no session methods
-    for refusal, code in REFUSALS.items():
-        registry.translate(refusal, partial(refused, code))
+    translate_refusals(registry, REFUSALS)
 
     @registry.method(
         "session.create",
@@ -167,11 +165,6 @@ def register(registry: Registry, context: MethodContext) -> None:
         context.clients.confirm(call.caller)
         approver = session.claim_approver(call.caller, explicit=True)
         return {"session_id": session.session_id, "approver": approver.public()}
-
-
-def refused(code: int, exc: SessionRefused) -> RpcError:
-    """The error a refusal is answered with: its message and data as the service gave them."""
-    return RpcError(code, exc.message, exc.data)
 
 
 def directory(text: str) -> Path:
