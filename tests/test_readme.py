@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def python_blocks() -> list[str]:
@@ -32,3 +33,25 @@ def test_the_setup_commands_are_the_ci_command():
     ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert commands[1] == ci, "the README's test command and .ci/run must be the same command"
     assert commands[0].endswith("cheetahclaws serve")
+
+
+def test_the_layout_table_names_every_module_and_only_modules_that_exist():
+    """The README's layout table is the map a new contributor reads first: a module added
+    without a line, or a line left behind by a move, makes it lie."""
+    text = README.read_text()
+    table = text[text.index("## Layout"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named: set[Path] = set()
+    for row in rows:
+        cell = row.split("|")[1]
+        paths = re.findall(r"`([^`]+)`", cell)
+        base = ROOT / Path(paths[0]).parent
+        for name in paths:
+            path = ROOT / name if "/" in name else base / name
+            assert path.exists(), f"the layout table names {name}, which does not exist"
+            named.add(path.resolve())
+    package = ROOT / "cc_daemon"
+    modules = {p.resolve() for p in package.iterdir()
+               if (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
+               or (p.is_dir() and not p.is_symlink() and (p / "__init__.py").exists())}
+    assert modules - named == set(), "modules missing from the README's layout table"
