@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cc_daemon.eventlog import SqliteEventStore  # noqa: E402
 from cc_daemon.events import Event, EventBus, Originator, SubscriptionEnded  # noqa: E402
+from cc_daemon.storage import DataDir  # noqa: E402
 
 ORIGINATOR = Originator("k" * 64, "0123456789abcdef", "agent_runner")
 #: A typical agent text chunk.
@@ -68,7 +69,7 @@ def publish_run(events: int, publishers: int, subscribers: int, synchronous: str
     until its event is durable, as an RPC handler does; with ``batch`` > 1 each call is one
     ``publish_many`` of that many events (a runtime's burst of output)."""
     root = fresh_dir()
-    store = SqliteEventStore(root / "daemon.db", synchronous=synchronous)
+    store = SqliteEventStore(DataDir(root).database, synchronous=synchronous)
     bus = EventBus(store)
     delivered = [0] * subscribers
     readers = [threading.Thread(target=subscriber, args=(bus, delivered, i), daemon=True) for i in range(subscribers)]
@@ -129,7 +130,7 @@ def bench_publish(events: int) -> None:
 def bench_store_burst(events: int, burst: int = 1000) -> None:
     """The storage layer alone: bursts of ``burst`` appends, one durability wait per burst."""
     root = fresh_dir()
-    store = SqliteEventStore(root / "daemon.db")
+    store = SqliteEventStore(DataDir(root).database)
     now = time.time()
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, events, burst):
@@ -148,7 +149,7 @@ def bench_store_burst(events: int, burst: int = 1000) -> None:
 
 # -- replay ---------------------------------------------------------------------------------------
 def populate(root: Path, events: int) -> None:
-    store = SqliteEventStore(root / "daemon.db")
+    store = SqliteEventStore(DataDir(root).database)
     now = time.time()
     for start in range(0, events, 5000):
         for seq in range(start, min(events, start + 5000)):
@@ -183,7 +184,7 @@ def bench_replay(events: int) -> None:
     progress(f"replay: writing {events} events")
     populate(root, events)
     progress("replay: bus subscription since=0 in a fresh process")
-    child = subprocess.run([sys.executable, __file__, "--replay-child", str(root / "daemon.db")],
+    child = subprocess.run([sys.executable, __file__, "--replay-child", str(DataDir(root).database)],
                            capture_output=True, text=True, check=True)
     result = json.loads(child.stdout.strip().splitlines()[-1])
     emit({"bench": "eventlog_replay", "path": "bus subscription", "events": events,
@@ -201,7 +202,7 @@ def replay_over_http(root: Path, events: int) -> dict:
     process = subprocess.Popen([sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(root)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        info = wait_for_discovery(root / "daemon.json", process)
+        info = wait_for_discovery(DataDir(root).discovery_file, process)
         rss_before = rss_peak_of(process.pid)
         http = requests_unixsocket.Session()
         base = "http+unix://" + requests.utils.quote(info["address"][len("unix://"):], safe="")

@@ -119,7 +119,7 @@ def spawn_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
     """Start ``serve`` as a subprocess and wait until it answers; returns (process, discovery)."""
     process = subprocess.Popen([sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(data_dir), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    discovery = data_dir / "daemon.json"
+    discovery = DataDir(data_dir).discovery_file
 
     def ready():
         if process.poll() is not None:
