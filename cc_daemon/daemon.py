@@ -138,6 +138,7 @@ class Daemon:
         self.permission_table = self._open_record_table("permission_requests")
         self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.identity_key))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
+        self.clients.in_use = self.permissions.originator_keys
         self.runtimes = RuntimeRegistry()
         self.sessions = SessionManager(
             self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,

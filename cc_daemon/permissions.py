@@ -175,6 +175,12 @@ class PermissionStore:
             return sorted((r for r in self._pending.values() if r.originator.is_held_by(caller)),
                           key=lambda r: r.created_at)
 
+    def originator_keys(self) -> set[str]:
+        """The client keys of everyone with a pending request: the client registry keeps
+        their ids however idle they are, so an originator can always come back to answer."""
+        with self._lock:
+            return {request.originator.client_key for request in self._pending.values()}
+
     def cancel_for_session(self, session_id: str, reason: str) -> None:
         """Resolve a session's pending requests as denied (its turn or process is gone)."""
         with self._lock:

@@ -110,3 +110,19 @@ def test_a_client_that_could_not_be_confirmed_is_confirmed_once_there_is_room():
     clock.now += 120  # the first one is idle now: room for the waiting one at its next request
     assert clients.resolve(waiting, "repl", "tcp", "127.0.0.1").client_id == waiting
     assert clients.count() == 1 and clients.is_known(waiting)
+
+
+def test_the_daemon_pins_the_originator_of_a_pending_request_until_it_is_resolved(tcp_daemon):
+    """The composition, over the wire: the registry's ``in_use`` is the permission store's
+    pending originators, so a flood can never evict a client that still has to answer."""
+    headers = tcp_daemon.headers(X_Client_Kind="repl")
+    created = tcp_daemon.post({"jsonrpc": "2.0", "method": "permission.demo", "id": 1}, headers=headers)
+    originator = created.headers["X-Client-Id"]
+    registry_ = tcp_daemon.daemon.clients
+    assert registry_.in_use() == {registry_.resolve(originator, "repl", "tcp", "127.0.0.1").client_key}
+    answered = tcp_daemon.post({"jsonrpc": "2.0", "method": "permission.answer", "id": 2,
+                                "params": {"request_id": created.json()["result"]["request_id"],
+                                           "result": {"approve": False}}},
+                               headers={**headers, "X-Client-Id": originator})
+    assert "result" in answered.json()
+    assert registry_.in_use() == set()
