@@ -12,6 +12,8 @@ from typing import Any, Callable
 #: Exit codes of the client verbs (rpc, events, session): see the package docstring.
 EXIT_REFUSED = 1
 EXIT_NO_DAEMON = 3
+#: ``session send --wait --on-permission exit``: the turn waits for an answer (its id on stdout).
+EXIT_NEEDS_ANSWER = 5
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .common import EXIT_REFUSED, add_client, client_verb, fail, non_negative_int
+from .common import EXIT_NEEDS_ANSWER, EXIT_REFUSED, add_client, client_verb, fail, non_negative_int
 from .events_verb import Style, compact, event_line, notice
-from .session_view import ENDED_STATES, Transcript, run_attach
+from .session_view import ANSWER_HINT, ENDED_STATES, Transcript, parse_answer, run_attach, send_answer
 
 EXAMPLES = """examples:
   S=$(cheetahclaws session new demo --name try-it)      # prints the new session's id
@@ -36,12 +36,14 @@ runtimes: demo (a scripted agent: `run <cmd>` and `write <file> <text>` ask perm
 command (runs the program given with --arg once per turn), claude (Claude Code CLI);
 `cheetahclaws rpc session.runtimes` says which are available.
 exit codes (each action's --help says more): 0 done; 1 the daemon refused; 2 bad usage;
-3 no daemon answers."""
+3 no daemon answers; 5 `send --wait --on-permission exit`: the turn waits for a permission answer."""
 
 REFUSED = "the daemon refused (error code, message and data on stderr)"
 EXIT_CODES = """exit codes: 0 {ok}; 1 {failed};
 2 bad usage; 3 no daemon answers."""
 
+#: What ``send --wait`` does when its turn asks permission (see its --help).
+ON_PERMISSION = ("ask", "allow", "deny", "wait", "exit")
 SESSION_HELP = "the session's id (`cheetahclaws session ls` lists them)"
 
 
@@ -75,12 +77,19 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     new.add_argument("--json", action="store_true", help="print the whole new session as JSON")
 
     send = action(actions, "send", run_send, "start a turn (with --wait: follow it to its end)",
-                  "cheetahclaws session send ses_0123456789abcdef 'run ls -la' --wait",
-                  failed=REFUSED + ", or with --wait the turn ended other than completed")
+                  "cheetahclaws session send ses_0123456789abcdef 'run ls -la' --wait --on-permission deny",
+                  failed=REFUSED + ", or with --wait the turn ended other than completed; "
+                         f"{EXIT_NEEDS_ANSWER} with --on-permission exit, the turn asks permission "
+                         "(the request id on stdout)")
     send.add_argument("session", metavar="SESSION", help=SESSION_HELP)
     send.add_argument("text", nargs="+", metavar="TEXT", help="the message (words are joined; - reads stdin)")
     send.add_argument("--wait", action="store_true",
                       help="print the session's output until this turn is done")
+    send.add_argument("--on-permission", choices=ON_PERMISSION, metavar="WHAT",
+                      help="with --wait, when the turn asks permission: ask (at a terminal: y or n; the "
+                           "default there), allow, deny, wait (for an answer from elsewhere, e.g. "
+                           f"`session attach`), or exit at once with code {EXIT_NEEDS_ANSWER} and the request "
+                           "id on stdout (the default without a terminal; the request stays pending)")
     send.add_argument("--message-id", metavar="ID",
                       help="idempotency key: sending the same id again never starts a second turn")
 
@@ -166,14 +175,39 @@ def run_send(args: argparse.Namespace) -> int:
             print(client.sessions.send(args.session, text, message_id=args.message_id)["turn_id"])
             return 0
         transcript = Transcript(sys.stdout, client)
+        on_permission = args.on_permission or ("ask" if sys.stdin.isatty() else "exit")
         done: dict[str, Any] = {}
         for event in client.sessions.turn(args.session, text, message_id=args.message_id, read_timeout=None):
-            transcript.show(event)
-            if event["type"] == "permission_request" and client.is_originator(event):
-                notice(f"answer it with: cheetahclaws session attach {args.session}")
+            ours = event["type"] == "permission_request" and client.is_originator(event)
+            transcript.show(event, prompt=ours and on_permission == "ask")
+            if ours and (code := settle_permission(client, transcript, event, on_permission, args.session)):
+                return code
             done = event
         transcript.end_line()
     return 0 if (done.get("data") or {}).get("status") == "completed" else EXIT_REFUSED
+
+
+def settle_permission(client: Any, transcript: Transcript, event: dict[str, Any], on_permission: str,
+                      session_id: str) -> int | None:
+    """Deal with a permission request of our turn as ``--on-permission`` says; an exit code
+    when the command must end here (the request stays pending for an answer from elsewhere)."""
+    request_id = event["data"]["request_id"]
+    if on_permission == "exit":
+        transcript.end_line()
+        notice(f"the turn asks permission ({request_id}); answer it with: cheetahclaws session attach "
+               f"{session_id}")
+        print(request_id, flush=True)
+        return EXIT_NEEDS_ANSWER
+    if on_permission == "wait":
+        notice(f"waiting for an answer to {request_id}: cheetahclaws session attach {session_id}")
+    elif on_permission == "ask":
+        while (reply := parse_answer(input())) is None:  # EOFError (the terminal closed) ends the command
+            transcript.line(transcript.style("yellow", ANSWER_HINT))
+        send_answer(client, transcript, request_id, *reply)
+    else:
+        send_answer(client, transcript, request_id, on_permission == "allow",
+                    f"answered by `session send --on-permission {on_permission}`")
+    return None
 
 
 def run_cancel(args: argparse.Namespace) -> int:

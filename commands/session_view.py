@@ -376,21 +376,34 @@ class Attachment:
         self.transcript.typed_turns.add(reply["turn_id"])
 
     def answer(self, request_id: str, text: str) -> None:
-        from cc_daemon.client import RpcCallError
-
-        word, _, reason = text.partition(" ")
-        approve = {"y": True, "yes": True, "n": False, "no": False}.get(word.lower())
-        if approve is None:
-            self.transcript.line(self.transcript.style("yellow", "answer y or n (n <reason> says why)"))
+        reply = parse_answer(text)
+        if reply is None:
+            self.transcript.line(self.transcript.style("yellow", ANSWER_HINT))
             return
-        try:
-            self.client.permissions.answer(request_id, approve, reason=reason.strip() or None)
-        except RpcCallError as exc:  # settled meanwhile (timed out, turn cancelled): say so, move on
-            self.transcript.line(self.transcript.style("red", f"  {request_id}: {exc.message}"))
+        send_answer(self.client, self.transcript, request_id, *reply)
         # Its permission_answered event will show the outcome; the next prompt can come now.
         self.settled.add(request_id)
         self.prompts.pop(request_id, None)
         self.ask_next()
+
+
+ANSWER_HINT = "answer y or n (n <reason> says why)"
+
+
+def parse_answer(text: str) -> tuple[bool, str | None] | None:
+    """A typed answer to a prompt: ``y``/``yes`` or ``n``/``no``, then an optional reason."""
+    word, _, reason = text.strip().partition(" ")
+    approve = {"y": True, "yes": True, "n": False, "no": False}.get(word.lower())
+    return None if approve is None else (approve, reason.strip() or None)
+
+
+def send_answer(client: Any, transcript: Transcript, request_id: str, approve: bool, reason: str | None) -> None:
+    from cc_daemon.client import RpcCallError
+
+    try:
+        client.permissions.answer(request_id, approve, reason=reason)
+    except RpcCallError as exc:  # settled meanwhile (timed out, turn cancelled): say so, move on
+        transcript.line(transcript.style("red", f"  {request_id}: {exc.message}"))
 
 
 def leave(signum: int, _frame: Any) -> None:

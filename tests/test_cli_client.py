@@ -293,8 +293,8 @@ def test_attach_answers_its_prompt_shows_others_read_only_and_resumes(unix_daemo
 def test_send_wait_leaves_its_prompt_to_attach_which_answers_it(unix_daemon, tmp_path):
     session = new_session(unix_daemon, tmp_path)
     sender = subprocess.Popen([sys.executable, "-m", "cc_daemon", "session", "send", session, "write", "late.txt",
-                               "ok", "--wait", *at(unix_daemon)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                               "ok", "--wait", "--on-permission", "wait", *at(unix_daemon)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with unix_daemon.client() as client:
             wait_for(lambda: client.sessions.get(session)["pending_permissions"], message="the write request")
@@ -310,5 +310,46 @@ def test_send_wait_leaves_its_prompt_to_attach_which_answers_it(unix_daemon, tmp
     finally:
         sender.kill()
     assert sender.returncode == 0 and "Wrote late.txt." in out and "completed" in out
-    assert f"answer it with: cheetahclaws session attach {session}" in err
+    assert f"cheetahclaws session attach {session}" in err
     assert (tmp_path / "late.txt").read_text() == "ok\n"
+
+
+def test_send_wait_without_a_terminal_never_waits_silently_for_a_permission(unix_daemon, tmp_path):
+    """A script gets exit code 5 and the request id at once; the request stays pending for
+    an answer from elsewhere (the same client kind may answer it)."""
+    session = new_session(unix_daemon, tmp_path)
+    asked = cli("session", "send", session, "write", "foo.txt", "hi", "--wait", *at(unix_daemon))
+    assert asked.returncode == 5, (asked.stdout, asked.stderr)
+    request_id = asked.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"pr_[0-9a-f]+", request_id) and f"cheetahclaws session attach {session}" in asked.stderr
+    ok("rpc", "permission.answer", f"request_id={request_id}", 'result={"approve": true}', *at(unix_daemon))
+    with unix_daemon.client() as client:
+        wait_for(lambda: client.sessions.get(session)["state"] == "idle", message="the turn's end")
+    assert (tmp_path / "foo.txt").read_text() == "hi\n"
+
+
+@pytest.mark.parametrize("answer", ["allow", "deny"])
+def test_send_wait_answers_from_the_same_command_when_told_how(unix_daemon, tmp_path, answer):
+    session = new_session(unix_daemon, tmp_path)
+    said = ok("session", "send", session, "write", "foo.txt", "hi", "--wait", "--on-permission", answer,
+              *at(unix_daemon)).stdout
+    assert ("approved" if answer == "allow" else "denied") in said and "completed" in said
+    assert (tmp_path / "foo.txt").exists() == (answer == "allow")
+
+
+def test_send_wait_at_a_terminal_asks_inline(unix_daemon, tmp_path):
+    session = new_session(unix_daemon, tmp_path)
+    child = pexpect.spawn(sys.executable, ["-m", "cc_daemon", "session", "send", session, "write", "foo.txt", "hi",
+                                           "--wait", *at(unix_daemon)], encoding="utf-8", timeout=15)
+    try:
+        child.expect_exact("allow? [y/n]")
+        child.sendline("perhaps")
+        child.expect_exact("answer y or n")
+        child.sendline("y")
+        child.expect_exact("Wrote foo.txt.")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.close(force=True)
+    assert (tmp_path / "foo.txt").read_text() == "hi\n"
