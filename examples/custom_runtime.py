@@ -4,8 +4,8 @@ reversed with ``--reverse``), streamed a word at a time, and reports usage when 
 
 Try it against a running daemon (``cheetahclaws serve``):
 
-    python3 examples/custom_runtime.py "hello there"
-    python3 examples/custom_runtime.py --reverse "hello there"
+    python examples/custom_runtime.py "hello there"
+    python examples/custom_runtime.py --reverse "hello there"
 
 That plugs this file into the daemon through the built-in ``custom`` runtime, whose
 ``args`` are the command line of a program speaking the runtime protocol (the same as
@@ -20,7 +20,7 @@ The runtime protocol (RFC 0004; the JSON Schema of every message is in
 ``cc_daemon/runtimes/protocol.py``) is one JSON object per line: the daemon writes to the
 runtime's stdin, the runtime answers on its stdout, and its stderr goes to the session's
 log. One session of this runtime, as the daemon sees it (``->`` to the runtime, ``<-``
-from it); run ``python3 examples/custom_runtime.py --as-runtime`` and paste the ``->``
+from it); run ``python examples/custom_runtime.py --as-runtime`` and paste the ``->``
 lines to play the daemon yourself:
 
     -> {"type":"init","protocol":1,"session_id":"ses_1","cwd":"/tmp","mode":"interactive","args":[],"resume_token":null}

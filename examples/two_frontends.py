@@ -3,7 +3,7 @@
 
 Start a daemon (``cheetahclaws serve``), then:
 
-    python3 examples/two_frontends.py
+    python examples/two_frontends.py
 
 What happens, step by step (each step is printed):
 

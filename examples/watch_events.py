@@ -3,10 +3,10 @@
 
 Start a daemon (``cheetahclaws serve``), then in another terminal:
 
-    python3 examples/watch_events.py                       # from now on, until Ctrl-C
-    python3 examples/watch_events.py --since 0             # replay what the daemon kept first
-    python3 examples/watch_events.py --type permission_request --type turn_done
-    python3 examples/watch_events.py --session ses_0123456789abcdef
+    python examples/watch_events.py                       # from now on, until Ctrl-C
+    python examples/watch_events.py --since 0             # replay what the daemon kept first
+    python examples/watch_events.py --type permission_request --type turn_done
+    python examples/watch_events.py --session ses_0123456789abcdef
 
 and make something happen, e.g. ``cheetahclaws rpc echo.ping hello=world``.
 
