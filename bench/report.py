@@ -129,6 +129,16 @@ def cold_table(records: list[Record]) -> str:
     return table(["server", "median ms", "min ms", "max ms", "runs"], rows)
 
 
+def cli_table(records: list[Record]) -> str:
+    found = find(records, bench="cli_latency")
+    if found is None:
+        return "(not measured in this run)"
+    bare = found["bare_python_ms"]
+    rows = [[name, fmt(found[f"{name}_ms"]), fmt_ratio(ratio(found[f"{name}_ms"], bare))]
+            for name in ("bare_python", "cli_rpc_ping", "curl") if f"{name}_ms" in found]
+    return table(["command", "median ms", "x bare interpreter"], rows)
+
+
 # -- targets ------------------------------------------------------------------------------
 @dataclass
 class Verdict:
@@ -143,7 +153,7 @@ def _check(target: str, ok: bool | None, detail: str) -> Verdict:
 
 def verdicts(records: list[Record]) -> list[Verdict]:
     return [_rpc_target(records), _sse_target(records), _paused_target(records), _durable_target(records),
-            _rss_target(records), _per_subscriber_target(records), _cold_target(records)]
+            _rss_target(records), _per_subscriber_target(records), _cold_target(records), _cli_target(records)]
 
 
 def _rpc_target(records: list[Record]) -> Verdict:
@@ -250,6 +260,16 @@ def _cold_target(records: list[Record]) -> Verdict:
                                              "cold_start", "median_ms", lambda ms: f"{ms:.0f} ms")
 
 
+def _cli_target(records: list[Record]) -> Verdict:
+    name = "One-shot `cheetahclaws rpc system.ping` <= 4x a bare interpreter start"
+    found = find(records, bench="cli_latency")
+    if found is None:
+        return _check(name, None, "not measured")
+    x_bare = ratio(found["cli_rpc_ping_ms"], found["bare_python_ms"])
+    return _check(name, x_bare <= 4, f"{found['cli_rpc_ping_ms']:.0f} ms = {fmt_ratio(x_bare)} "
+                                     f"{found['bare_python_ms']:.0f} ms")
+
+
 def verdict_table(results: list[Verdict]) -> str:
     return table(["target", "result", "measured"], [[v.target, v.outcome, v.detail] for v in results])
 
@@ -260,7 +280,8 @@ def markdown(records: list[Record], header: str) -> str:
                 "## RPC: `system.ping`", rpc_table(records),
                 "## SSE: `echo.ping` publisher, live subscribers", sse_table(records),
                 "## Memory", memory_table(records),
-                "## Cold start: spawn to first `system.ping`", cold_table(records)]
+                "## Cold start: spawn to first `system.ping`", cold_table(records),
+                "## Command-line latency: one-shot `rpc system.ping`", cli_table(records)]
     skipped = find(records, bench="eventlog_skipped")
     sections += ["## Event log: durable publish and replay (bench/bench_eventlog.py, in process)",
                  f"(skipped: {skipped['reason']})" if skipped else eventlog_table(records)]

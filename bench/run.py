@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import profile, report, servers, sse
+from . import cli, profile, report, servers, sse
 from .loadgen import PING, HttpConnection, run_rpc
 from .reference import ReferenceUnavailable, ensure_reference
 
@@ -60,7 +60,7 @@ FULL = Plan(rpc_clients=(1, 4, 16, 64), rpc_seconds=4.0, rpc_warmup=0.5, transpo
 QUICK = Plan(rpc_clients=(1, 16), rpc_seconds=1.0, rpc_warmup=0.3, transports=("tcp", "unix"),
              sse_subscribers=(1, 64), sse_seconds=1.5, paused_events=3000, idle_streams=(64, 512),
              cold_runs=3, eventlog_timeout_s=120)
-SCENARIOS = ("rpc", "sse", "memory", "cold", "eventlog")
+SCENARIOS = ("rpc", "sse", "memory", "cold", "cli", "eventlog")
 
 
 class Bench:
@@ -232,6 +232,17 @@ def bench_cold(bench: Bench) -> None:
                     "min_ms": round(min(samples), 1), "max_ms": round(max(samples), 1), "runs": len(samples)})
 
 
+def bench_cli(bench: Bench) -> None:
+    progress("cli: one-shot `rpc system.ping` against a bare interpreter start")
+    server = servers.start_cc_daemon("unix", source=bench.ccd_source)
+    try:
+        medians = cli.measure(server, bench.ccd_source, runs=bench.plan.cold_runs * 4)
+    finally:
+        server.stop()
+    bench.emit({"bench": "cli_latency", **{f"{name}_ms": value for name, value in medians.items()},
+                "runs": bench.plan.cold_runs * 4})
+
+
 def bench_eventlog(bench: Bench, quick: bool) -> None:
     """Run bench/bench_eventlog.py (owned elsewhere) if it exists; keep the JSON lines it prints."""
     if not EVENTLOG_BENCH.exists():
@@ -341,7 +352,8 @@ def run(args: argparse.Namespace, plan: Plan, reference: Path | None, code: Path
     chosen = args.only.split(",")
     scenarios: dict[str, Callable[[], None]] = {
         "rpc": lambda: bench_rpc(bench), "sse": lambda: bench_sse(bench), "memory": lambda: bench_memory(bench),
-        "cold": lambda: bench_cold(bench), "eventlog": lambda: bench_eventlog(bench, args.quick)}
+        "cold": lambda: bench_cold(bench), "cli": lambda: bench_cli(bench),
+        "eventlog": lambda: bench_eventlog(bench, args.quick)}
     for name in SCENARIOS:
         if name in chosen:
             scenarios[name]()

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.notify:
         message["id"] = 1
     with connect(args) as client:
-        response = client.request("POST", "/rpc", data=json.dumps(message).encode(),
+        response = client.request("POST", "/rpc", body=json.dumps(message).encode(),
                                   headers={"Content-Type": "application/json"})
     if not response.content:  # a notification: nothing comes back
         return 0

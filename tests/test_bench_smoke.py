@@ -77,3 +77,11 @@ def test_report_renders_tables_and_verdicts(tcp_daemon):
 ])
 def test_durable_publish_verdict_reads_eventlog_lines(records, expected):
     assert report.verdicts(records)[3].outcome == expected
+
+
+def test_cli_latency_times_every_command_against_the_daemon(unix_daemon, tmp_path):
+    from bench import cli, servers
+
+    server = servers.Server("cc_daemon", None, target_of(unix_daemon), tmp_path)
+    medians = cli.measure(server, Path(__file__).resolve().parent.parent, runs=1)
+    assert {"bare_python", "cli_rpc_ping"} <= set(medians) and all(ms > 0 for ms in medians.values())

@@ -106,7 +106,7 @@ def test_wrong_token_then_lockout(tcp_daemon):
 def test_version_mismatch_names_both_versions(daemon):
     with connect(daemon) as client:
         with pytest.raises(VersionMismatch) as mismatch:
-            client.request("POST", "/rpc", headers={API_VERSION_HEADER: "99"}, json={})
+            client.request("POST", "/rpc", headers={API_VERSION_HEADER: "99"}, body=b"{}")
     assert mismatch.value.expected == "0"
     assert "'0'" in str(mismatch.value)
 

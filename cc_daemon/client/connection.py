@@ -1,26 +1,25 @@
-"""A connection to one daemon: its HTTP session, the client id, JSON-RPC calls.
+"""A connection to one daemon: its HTTP connections, the client id, JSON-RPC calls.
 
-Owns: the contract's request headers, one HTTP session over either transport
-(``requests`` with the maintained ``requests-unixsocket`` adapter), the client id the
-daemon mints for this client's kind (kept in a file so the next run resumes it), calls,
-notifications and batches, and opening event streams.
+Owns: the contract's request headers, the connection calls go over (``wire``, standard
+library only) and, once a stream is opened, the ``requests`` session streams go over (with
+the maintained ``requests-unixsocket`` adapter), the client id the daemon mints for this
+client's kind (kept in a file so the next run resumes it), calls, notifications and
+batches, and opening event streams.
 
 Must not: import daemon internals; it speaks only the wire contract, like any frontend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlencode
-
-import requests
-import requests_unixsocket
 
 from .. import API_VERSION, API_VERSION_HEADER
 from ..storage import DataDir, atomic_write
@@ -28,6 +27,10 @@ from .endpoint import Endpoint, discover
 from .exceptions import DaemonError, NoAnswer, NotRunning, ProtocolError, raise_for_http_status, reason_of, rpc_error
 from .namespaces import Permissions, Sessions
 from .stream import EventStream
+from .wire import Reply, ReplyError, Wire
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("cc_daemon.client")
 
@@ -38,7 +41,7 @@ KIND_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,31}$")
 
 
 class Client:
-    """A connection to one daemon. Use one Client per thread (``requests`` sessions are not
+    """A connection to one daemon. Use one Client per thread (its connections are not
     thread-safe); two Clients of the same ``kind`` and data dir share one client id.
 
     ``sessions`` and ``permissions`` hold typed helpers over ``call``.
@@ -58,7 +61,8 @@ class Client:
         self._rediscover = rediscover
         self._id_file = id_file
         self.client_id: str | None = self._load_client_id() if client_id is _UNSET else client_id
-        self._http = requests_unixsocket.Session()
+        self._wire = Wire(endpoint.address)
+        self._streams: Any = None  # a requests session, made by the first stream
         # Serialises requests until the daemon has minted our id, so that two threads'
         # first requests (say a call and an event stream) do not get two different ids.
         self._id_lock = threading.Lock()
@@ -133,25 +137,49 @@ class Client:
             headers["Authorization"] = f"Bearer {self.endpoint.token}"
         return headers
 
-    def request(self, verb: str, path: str, *, headers: dict[str, str] | None = None,
-                **kwargs: Any) -> requests.Response:
-        """One HTTP request with the contract's headers; raises the typed exception for an
-        HTTP-level refusal (401, 426, 429, ...) and ``NotRunning`` when nobody answers."""
-        kwargs.setdefault("timeout", self.timeout)
-        if self.client_id is None:
-            with self._id_lock:
-                return self._send(verb, path, headers, kwargs)
-        return self._send(verb, path, headers, kwargs)
+    def request(self, verb: str, path: str, *, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
+        """One HTTP request with the contract's headers, its whole reply read; raises the
+        typed exception for an HTTP-level refusal (401, 426, 429, ...), ``NotRunning`` when
+        nobody answers and ``NoAnswer`` when the daemon does not answer in time."""
+        timeout = self.timeout if timeout is None else timeout
+        with self._first_request_lock():
+            try:
+                reply = self._wire.exchange(verb, path, {**self.headers(), **(headers or {})}, body, timeout)
+            except TimeoutError:
+                raise NoAnswer(f"the daemon at {self.endpoint.address} did not answer within {timeout} s") from None
+            except OSError as exc:
+                raise NotRunning(f"no daemon answers at {self.endpoint.address} ({reason_of(exc)})") from None
+            except ReplyError as exc:
+                raise ProtocolError(str(exc)) from None
+            return self._checked(reply)
 
-    def _send(self, verb: str, path: str, headers: dict[str, str] | None, kwargs: dict[str, Any]) -> requests.Response:
-        try:
-            response = self._http.request(verb, self.endpoint.base_url + path,
-                                          headers={**self.headers(), **(headers or {})}, **kwargs)
-        except requests.Timeout:
-            raise NoAnswer(f"the daemon at {self.endpoint.address} did not answer within "
-                           f"{kwargs['timeout']} s") from None
-        except requests.ConnectionError as exc:
-            raise NotRunning(f"no daemon answers at {self.endpoint.address} ({reason_of(exc)})") from None
+    def _open_stream(self, last_id: int | None, query: dict[str, str],
+                     read_timeout: float | None) -> requests.Response:
+        import requests
+        import requests_unixsocket
+
+        path = "/events" + (f"?{urlencode(query)}" if query else "")
+        headers = {**self.headers(), **({"Last-Event-ID": str(last_id)} if last_id is not None else {})}
+        if self._streams is None:
+            self._streams = requests_unixsocket.Session()
+        with self._first_request_lock():
+            try:
+                response = self._streams.get(self.endpoint.base_url + path, headers=headers, stream=True,
+                                             timeout=(self.timeout, read_timeout))
+            except requests.Timeout:
+                raise NoAnswer(f"the daemon at {self.endpoint.address} did not answer within "
+                               f"{self.timeout} s") from None
+            except requests.ConnectionError as exc:
+                raise NotRunning(f"no daemon answers at {self.endpoint.address} ({reason_of(exc)})") from None
+            return self._checked(response)
+
+    def _first_request_lock(self) -> Any:
+        """Until the daemon has minted our id, one request at a time, so that two threads'
+        first requests (say a call and an event stream) do not get two different ids."""
+        return self._id_lock if self.client_id is None else contextlib.nullcontext()
+
+    def _checked(self, response: Any) -> Any:
         self._remember_client_id(response.headers.get("X-Client-Id"))
         raise_for_http_status(response)
         return response
@@ -159,7 +187,7 @@ class Client:
     def post_rpc(self, payload: Any) -> Any:
         """POST ``payload`` (a request object or a batch array) to ``/rpc``; returns the
         decoded reply, or None when the daemon answers nothing (notifications)."""
-        response = self.request("POST", "/rpc", data=json.dumps(payload).encode(),
+        response = self.request("POST", "/rpc", body=json.dumps(payload).encode(),
                                 headers={"Content-Type": "application/json"})
         if response.status_code == 204 or not response.content:
             return None
@@ -251,12 +279,6 @@ class Client:
                            raise_on_gap=raise_on_gap, max_backoff_s=max_backoff_s, read_timeout=read_timeout,
                            on_reconnect=on_reconnect)
 
-    def _open_stream(self, last_id: int | None, query: dict[str, str],
-                     read_timeout: float | None) -> requests.Response:
-        path = "/events" + (f"?{urlencode(query)}" if query else "")
-        extra = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-        return self.request("GET", path, headers=extra, stream=True, timeout=(self.timeout, read_timeout))
-
     def refresh_endpoint(self) -> bool:
         """Re-read the discovery file (when connected through it); True if the address or
         token changed, e.g. a restarted daemon on a new port or a rotated token."""
@@ -267,13 +289,18 @@ class Client:
         except DaemonError:
             return False
         changed = endpoint != self.endpoint
+        if endpoint.address != self.endpoint.address:
+            self._wire.close()
+            self._wire = Wire(endpoint.address)
         self.endpoint = endpoint
         return changed
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the pooled HTTP connections."""
-        self._http.close()
+        """Close this client's HTTP connections."""
+        self._wire.close()
+        if self._streams is not None:
+            self._streams.close()
 
     def __enter__(self) -> Client:
         return self

@@ -10,11 +10,19 @@ Must not: send anything, or import daemon internals beyond the table of codes.
 
 from __future__ import annotations
 
-from typing import Any
-
-import requests
+from typing import Any, Protocol
 
 from .. import API_VERSION, errors
+
+
+class Response(Protocol):
+    """What the status checks read of a reply: a ``wire.Reply`` or a ``requests.Response``."""
+
+    status_code: int
+    headers: Any
+    text: str
+
+    def json(self) -> Any: ...
 
 
 class DaemonError(Exception):
@@ -210,7 +218,7 @@ class EventLogReset(DaemonError):
 
 
 
-def raise_for_http_status(response: requests.Response) -> None:
+def raise_for_http_status(response: Response) -> None:
     """Raise the typed exception for an HTTP-level refusal; JSON-RPC errors (200, or 403
     carrying a JSON-RPC body) pass through to be raised by the caller as RPC errors."""
     status = response.status_code
@@ -231,7 +239,7 @@ def raise_for_http_status(response: requests.Response) -> None:
     raise HttpStatusError(status, body)
 
 
-def _is_rpc_body(response: requests.Response) -> bool:
+def _is_rpc_body(response: Response) -> bool:
     if not response.headers.get("Content-Type", "").startswith("application/json"):
         return False
     try:

@@ -16,19 +16,24 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import requests
-import sseclient
-
 from .exceptions import (EventGap, EventLogReset, HttpStatusError, NoAnswer, NotRunning, ProtocolError,
                          Unauthenticated, reason_of)
 
 if TYPE_CHECKING:
+    import requests
+
     from .connection import Client
 
 log = logging.getLogger("cc_daemon.client")
 
-#: Failures after which a stream tries again: the daemon went away or is restarting.
-_TRANSIENT = (NotRunning, NoAnswer, requests.RequestException, ConnectionError)
+
+
+def transient_failures() -> tuple[type[BaseException], ...]:
+    """Failures after which a stream tries again: the daemon went away or is restarting.
+    (``requests`` is imported here, by the first stream, not by every command-line call.)"""
+    import requests
+
+    return NotRunning, NoAnswer, requests.RequestException, ConnectionError
 
 
 class EventStream:
@@ -45,6 +50,7 @@ class EventStream:
                  reconnect: bool, raise_on_gap: bool, max_backoff_s: float, read_timeout: float | None,
                  on_reconnect: Callable[[str], None] | None):
         self._client = client
+        self._transient = transient_failures()
         self.last_id: int = since
         self._query = {key: value for key, value in (("types", ",".join(types)), ("session", session or ""))
                        if value}
@@ -75,7 +81,7 @@ class EventStream:
             except StopIteration:  # the daemon ended the stream: shutdown, token rotation
                 self._drop("the daemon closed the event stream")
                 continue
-            except _TRANSIENT as exc:
+            except self._transient as exc:
                 if self._closed.is_set():
                     break
                 self._drop(f"event stream lost ({reason_of(exc)})", exc)
@@ -108,7 +114,7 @@ class EventStream:
             try:
                 self._connect()
                 return
-            except _TRANSIENT as exc:
+            except self._transient as exc:
                 if not (self._opened_once and self._reconnect):
                     raise
                 failure: Exception = exc
@@ -130,6 +136,8 @@ class EventStream:
             newest = client.last_event_id()
             if newest < self.last_id:
                 raise EventLogReset(self.last_id, newest)
+        import sseclient
+
         response = client._open_stream(self.last_id, self._query, self._read_timeout)
         # chunk_size=None: hand over each chunk as it arrives, never wait to fill a buffer.
         self._frames = sseclient.SSEClient(response.iter_content(chunk_size=None)).events()
