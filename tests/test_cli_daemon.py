@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -157,12 +159,16 @@ def test_stop_when_not_running_is_success():
 
 def test_logs_follow_prints_new_lines(subprocess_daemon):
     daemon = subprocess_daemon()
-    follower = subprocess.Popen([sys.executable, "-m", "cc_daemon", "daemon", "logs", "-n", "0", "-f",
+    follower = subprocess.Popen([sys.executable, "-m", "cc_daemon", "daemon", "logs", "-n", "1", "-f",
                                  "--data-dir", str(daemon.data_dir)], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
     try:
+        # Once the last line written so far is shown, the follower is at the end of the log:
+        # what it shows next was written after it started following.
+        lines.get(timeout=20)
         cli("daemon", "stop", "--data-dir", str(daemon.data_dir))
-        line = follower.stdout.readline()
-        assert "stopping" in line
+        assert "stopping" in lines.get(timeout=20)
     finally:
         follower.kill()
         follower.wait(10)
