@@ -1,9 +1,9 @@
-"""Authentication: who may talk to the daemon at all, and the audit trail of every decision.
+"""Authentication: who may talk to the daemon at all, and the decision on every request.
 
 Owns: the bearer token (created 0600 from its first byte, compared in constant time as
 bytes, rotatable while the daemon runs), Unix-socket peer credentials (the peer's uid must
-be ours), the failure throttle (keyed on the peer's address or uid, never the ephemeral
-port; bounded memory), browser defences (Host and Origin checks) and the audit log.
+be ours), browser defences (Host and Origin checks), and the decision itself: which
+failures the throttle (``throttle``) counts, and what goes to the audit log (``audit``).
 
 Must not: know about HTTP, JSON-RPC or client identities; it answers "may this connection
 / request proceed, and if not, why" (a ``Denied``: the kind of refusal and a message for
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import json
 import logging
 import os
 import secrets
@@ -23,16 +22,17 @@ import socket
 import struct
 import sys
 import threading
-import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
-from .lru import remember
 from .safe_paths import UnsafePath, make_private_dir, read_private
-from .storage import PrivateRotatingFileHandler, atomic_write
+from .storage import atomic_write
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .throttle import Throttle
 
 log = logging.getLogger("cc_daemon.auth")
 
@@ -196,80 +196,6 @@ def peer_credentials(sock: socket.socket) -> PeerCred | None:
         _version, uid = struct.unpack_from("II", raw)
         return PeerCred(None, uid, None)
     return None
-
-
-# -- throttle ---------------------------------------------------------------------------
-class Throttle:
-    """Locks out a peer after repeated failures. Memory is bounded; old entries expire."""
-
-    def __init__(self, max_failures: int = 3, window_s: float = 10.0, lockout_s: float = 60.0,
-                 max_peers: int = 4096, clock=time.monotonic):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.lockout_s = lockout_s
-        self.max_peers = max_peers
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._locked_until: OrderedDict[str, float] = OrderedDict()
-
-    def retry_after(self, peer: str) -> float | None:
-        """Seconds until ``peer`` may try again, or None when it is not locked out."""
-        now = self._clock()
-        with self._lock:
-            until = self._locked_until.get(peer)
-            if until is None:
-                return None
-            if until <= now:
-                del self._locked_until[peer]
-                return None
-            return until - now
-
-    def record_failure(self, peer: str) -> bool:
-        """Count a failure; True when this one locks the peer out."""
-        now = self._clock()
-        with self._lock:
-            recent = self._failures.pop(peer, None) or deque()
-            recent.append(now)
-            while recent and recent[0] <= now - self.window_s:
-                recent.popleft()
-            if len(recent) >= self.max_failures:
-                remember(self._locked_until, peer, now + self.lockout_s, self.max_peers)
-                return True
-            remember(self._failures, peer, recent, self.max_peers)
-            return False
-
-    def size(self) -> int:
-        with self._lock:
-            return len(self._failures) + len(self._locked_until)
-
-
-# -- audit log --------------------------------------------------------------------------
-class AuditLog:
-    """One compact JSON line per authentication decision, rotated by size."""
-
-    def __init__(self, path: Path | None, max_bytes: int = 10 * 1024 * 1024, backups: int = 5):
-        self.path = path
-        self._handler: logging.Handler | None = None
-        if path is not None:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                       encoding="utf-8")
-
-    def record(self, *, transport: str, outcome: str, peer: str, reason: str,
-               uid: int | None = None, client_kind: str | None = None) -> None:
-        if self._handler is None:
-            return
-        entry = {"ts": time.time(), "transport": transport, "outcome": outcome, "peer": peer,
-                 "reason": reason, "uid": uid}
-        if client_kind is not None:
-            entry["client_kind"] = client_kind
-        line = json.dumps(entry, separators=(",", ":"))
-        self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
-
-    def close(self) -> None:
-        if self._handler is not None:
-            self._handler.close()
 
 
 # -- the decision -----------------------------------------------------------------------

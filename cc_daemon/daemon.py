@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import API_VERSION, __version__
-from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
+from .audit import AuditLog
+from .auth import LOOPBACK_NAMES, Authenticator, TokenStore
 from .database import DatabaseError
 from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore
 from .events import EventBus
@@ -35,6 +36,7 @@ from .sessions import SessionManager
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, read_json, remove_quietly)
 from .supervisor import SupervisionConfig
+from .throttle import Throttle
 from .timers import Scheduler
 from .transport.addresses import ListenAddress
 from .transport.servers import Limits, Services, make_server
@@ -71,6 +73,8 @@ class DaemonOptions:
     max_queued_turns: int = 16
     #: Restart backoff and stop timings of session runtimes (tests shrink them).
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    #: The monotonic clock of the throttle's windows and lockouts (tests move it by hand).
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def resolved_token_path(self) -> Path:
@@ -150,7 +154,7 @@ class Daemon:
             sessions=self.sessions))
         self.permissions.restore()
         self.dispatcher = Dispatcher(self.registry, self._count_call)
-        authenticator = Authenticator(self.tokens, self.audit, Throttle(),
+        authenticator = Authenticator(self.tokens, self.audit, Throttle(clock=options.clock),
                                       allowed_hosts=self._allowed_hosts(),
                                       allowed_origins=frozenset(options.allow_origins))
         limits = options.limits

@@ -10,7 +10,9 @@ import time
 import pytest
 
 from cc_daemon import auth
-from cc_daemon.auth import AuditLog, Throttle, TokenStore
+from cc_daemon.audit import AuditLog
+from cc_daemon.auth import TokenStore
+from cc_daemon.throttle import Throttle
 from helpers.daemons import cli, short_tmpdir, wait_for
 
 NOBODY = 65534
