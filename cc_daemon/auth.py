@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hmac
 import logging
 import os
 import secrets
@@ -22,17 +23,16 @@ import socket
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from urllib.parse import urlsplit
 
+from .audit import AuditLog
 from .safe_paths import UnsafePath, make_private_dir, read_private
 from .storage import atomic_write
-
-if TYPE_CHECKING:
-    from .audit import AuditLog
-    from .throttle import Throttle
+from .throttle import Throttle, peer_key
 
 log = logging.getLogger("cc_daemon.auth")
 
@@ -45,16 +45,36 @@ def new_token() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
 
 
+class Presented(enum.Enum):
+    """What a presented bearer token is to the daemon."""
+
+    CURRENT = "current"
+    #: The token that the current one replaced, less than ``ROTATED_NOTICE_S`` ago.
+    ROTATED = "rotated"
+    WRONG = "wrong"
+
+
 class TokenStore:
     """The daemon's bearer token, on disk and in memory, kept in step."""
 
-    #: How often the daemon looks for a hand-edited token file (see ``verify``).
+    #: How often the daemon looks for a hand-edited token file (see ``match``).
     FILE_CHECK_S = 1.0
+    #: How long the token a rotation replaced is recognised as such (``Presented.ROTATED``,
+    #: which is not counted as a guess) rather than as any wrong token. A rotation ends
+    #: every stream opened with the old token, and each reconnects with it once before it
+    #: rereads the token file (our client after at most 10 s of backoff); scripts between
+    #: two calls and people updating a client by hand take minutes. Not longer: the distinct
+    #: answer confirms to whoever presents that string, a thief of a leaked token included,
+    #: that it was the daemon's token, which nobody needs once the clients have moved on.
+    ROTATED_NOTICE_S = 600.0
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic):
         self.path = path
+        self._clock = clock
         self._lock = threading.Lock()
         self._token: bytes | None = None
+        #: The token the current one replaced, and when (``clock``); only the latest one.
+        self._rotated: tuple[bytes, float] | None = None
         self._file_stamp: tuple[int, int] | None = None
         self._read_failure: str | None = None  # the last reason the file could not be read, once logged
         #: Bumped on every change, so streams opened with an older token can be ended.
@@ -75,8 +95,9 @@ class TokenStore:
         with self._lock:
             self._write_new()
 
-    def verify(self, presented: str) -> bool:
-        """Constant-time check of a presented token; any garbage is simply False.
+    def match(self, presented: str) -> Presented:
+        """Constant-time comparisons of a presented token (as bytes: ``compare_digest``
+        raises on non-ASCII text); any garbage is simply ``WRONG``.
 
         A token that differs from the one in memory makes us look at the file first, so a
         token written there by hand is accepted from its first use. The file is not looked
@@ -88,15 +109,21 @@ class TokenStore:
         try:
             candidate = presented.encode("ascii")
         except UnicodeEncodeError:
-            return False
+            return Presented.WRONG
         current = self._token  # one attribute read: always a whole token, old or new
-        if current is not None and secrets.compare_digest(candidate, current):
-            return True
+        if current is not None and hmac.compare_digest(candidate, current):
+            return Presented.CURRENT
         self.reload_if_changed()
         # Compared again whoever reloaded: another request or the timer may have done it
         # since our first read, and then our own reload finds nothing new.
         latest = self._token
-        return latest is not current and latest is not None and secrets.compare_digest(candidate, latest)
+        if latest is not current and latest is not None and hmac.compare_digest(candidate, latest):
+            return Presented.CURRENT
+        rotated = self._rotated
+        if (rotated is not None and self._clock() - rotated[1] < self.ROTATED_NOTICE_S
+                and hmac.compare_digest(candidate, rotated[0])):
+            return Presented.ROTATED
+        return Presented.WRONG
 
     def reload_if_changed(self) -> bool:
         """Follow the file if someone rewrote it (a user, an older CLI); True if the token changed."""
@@ -134,9 +161,7 @@ class TokenStore:
         self._read_failure = None
         if not text:
             return False
-        if self._token is not None and text.encode() != self._token:
-            self.generation += 1
-        self._token = text.encode("ascii")
+        self._replace(text.encode("ascii"))
         self._file_stamp = stamp
         return True
 
@@ -152,14 +177,23 @@ class TokenStore:
         make_private_dir(self.path.parent)
         token = new_token()
         atomic_write(self.path, (token + "\n").encode("ascii"), mode=0o600)
-        self._token = token.encode("ascii")
+        self._replace(token.encode("ascii"))
         self._file_stamp = file_stamp(self.path)
-        self.generation += 1
+
+    def _replace(self, token: bytes) -> None:
+        """Hold ``token`` from now on; a different one retires the one held (``ROTATED``)."""
+        previous = self._token
+        if previous == token:
+            return
+        if previous is not None:
+            self._rotated = (previous, self._clock())
+            self.generation += 1
+        self._token = token
 
 
 def file_stamp(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)  # not Path.stat: this runs on every failed verify
+        st = os.stat(path)  # not Path.stat: this runs on every failed match
     except OSError:  # missing, or its directory is not searchable: nothing to follow
         return None
     return st.st_ino, st.st_mtime_ns
@@ -202,11 +236,19 @@ def peer_credentials(sock: socket.socket) -> PeerCred | None:
 class Refusal(enum.Enum):
     """The kinds of "no" auth answers."""
 
-    UNAUTHENTICATED = "unauthenticated"  # no bearer token, or a wrong one
+    MISSING_TOKEN = "missing_token"  # no bearer token at all: not a guess (an <img> load sends none)
+    WRONG_TOKEN = "wrong_token"  # a bearer token that is not the daemon's: a guess
+    TOKEN_ROTATED = "token_rotated"  # the token a rotation just replaced (TokenStore.ROTATED_NOTICE_S)
     WRONG_PEER = "wrong_peer"  # a Unix-socket peer that is not the daemon's user (or unknown)
-    LOCKED_OUT = "locked_out"  # too many failures from this peer lately
+    LOCKED_OUT = "locked_out"  # a guess from a peer that made too many of them lately
     HOST_NOT_ALLOWED = "host_not_allowed"  # a foreign Host header: DNS rebinding
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser page from an origin not allow-listed
+
+
+#: The failures the throttle counts, and refuses once a peer made too many: those that are
+#: attempts to get in. A request without a token, or with the token a rotation just retired,
+#: guesses nothing; a foreign uid is counted under its own key, so it only locks itself out.
+GUESSES = frozenset({Refusal.WRONG_TOKEN, Refusal.WRONG_PEER})
 
 
 @dataclass(frozen=True)
@@ -223,10 +265,19 @@ class Connection:
     """What auth knows about one accepted connection."""
 
     transport: str  # "tcp" or "unix"
-    peer: str       # the throttle key: client IP on TCP, "uid:N" on a Unix socket
+    peer: str       # who, as the audit log names it: the client IP on TCP, "uid:N" on a Unix socket
+    key: str        # whose failures count together (``throttle.peer_key``), and whose refusals the audit sums
     uid: int | None = None
     audited_ok: bool = False
     token_generation: int | None = None
+
+    @classmethod
+    def tcp(cls, address: str) -> Connection:
+        return cls("tcp", address, peer_key(address))
+
+    @classmethod
+    def unix(cls, uid: int | None) -> Connection:
+        return cls("unix", f"uid:{uid}", f"uid:{uid}", uid)
 
 
 class Authenticator:
@@ -244,10 +295,9 @@ class Authenticator:
 
     def check(self, conn: Connection, authorization: str | None,
               client_kind: str | None = None) -> Denied | None:
-        retry_after = self.throttle.retry_after(conn.peer)
-        if retry_after is not None:
-            return self._deny(conn, Denied(Refusal.LOCKED_OUT, "locked out after repeated failures", retry_after),
-                              client_kind)
+        """Credentials first: the right ones pass whatever others did (every local process
+        shares the loopback key, so a lockout that applied to them would hand each of them a
+        switch that locks the owner out). The throttle only counts and refuses guesses."""
         denied = self._credentials_refused(conn, authorization)
         if denied is None:
             if not conn.audited_ok:  # once per connection, not once per keep-alive request
@@ -255,7 +305,12 @@ class Authenticator:
                 self._audit(conn, "ok", "peer uid matches" if conn.transport == "unix" else "token accepted",
                             client_kind)
             return None
-        self.throttle.record_failure(conn.peer)
+        if denied.kind in GUESSES:
+            retry_after = self.throttle.retry_after(conn.key)
+            if retry_after is None:
+                self.throttle.record_failure(conn.key)
+            else:  # neither counted nor extending the lockout: it ends when it said it would
+                denied = Denied(Refusal.LOCKED_OUT, "locked out after repeated failures", retry_after)
         return self._deny(conn, denied, client_kind)
 
     def _credentials_refused(self, conn: Connection, authorization: str | None) -> Denied | None:
@@ -266,9 +321,12 @@ class Authenticator:
                 Refusal.WRONG_PEER, f"peer uid {conn.uid} is not the daemon's")
         token = bearer_token(authorization)
         if token is None:
-            return Denied(Refusal.UNAUTHENTICATED, "missing bearer token")
-        if self.tokens is None or not self.tokens.verify(token):
-            return Denied(Refusal.UNAUTHENTICATED, "wrong bearer token")
+            return Denied(Refusal.MISSING_TOKEN, "missing bearer token")
+        presented = Presented.WRONG if self.tokens is None else self.tokens.match(token)
+        if presented is Presented.ROTATED:
+            return Denied(Refusal.TOKEN_ROTATED, "token rotated")
+        if presented is Presented.WRONG:
+            return Denied(Refusal.WRONG_TOKEN, "wrong bearer token")
         conn.token_generation = self.tokens.generation
         return None
 
@@ -291,8 +349,8 @@ class Authenticator:
         return denied
 
     def _audit(self, conn: Connection, outcome: str, reason: str, client_kind: str | None) -> None:
-        self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, reason=reason,
-                          uid=conn.uid, client_kind=client_kind)
+        self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, key=conn.key,
+                          reason=reason, uid=conn.uid, client_kind=client_kind)
 
 
 def host_name(host_header: str) -> str:

@@ -73,7 +73,8 @@ class DaemonOptions:
     max_queued_turns: int = 16
     #: Restart backoff and stop timings of session runtimes (tests shrink them).
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
-    #: The monotonic clock of the throttle's windows and lockouts (tests move it by hand).
+    #: The monotonic clock of the throttle's windows and lockouts, of how long a rotated token
+    #: is recognised, and of the audit log's seconds (tests move it by hand).
     clock: Callable[[], float] = time.monotonic
 
     @property
@@ -132,11 +133,12 @@ class Daemon:
         self.metrics = Metrics()
         self.event_log = self._open_event_log()
         self.bus = EventBus(self.event_log)
-        self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
+        tcp = options.listen.scheme == "tcp"
+        self.tokens = TokenStore(options.resolved_token_path, options.clock) if tcp else None
         if self.tokens is not None:
             self.tokens.load_or_create()
             self.tokens.on_change = self._end_streams_of_old_tokens
-        self.audit = AuditLog(self.data_dir.audit_log if options.audit else None)
+        self.audit = AuditLog(self.data_dir.audit_log if options.audit else None, options.clock)
         # Clients and pending permission requests live in the same database as the events.
         self.client_table = self._open_record_table("clients")
         self.permission_table = self._open_record_table("permission_requests")
@@ -175,6 +177,7 @@ class Daemon:
         self._serve_thread.start()
         self._write_discovery()
         self._repeat(5.0, self.clients.flush)  # client ids a failed write left unsaved
+        self._repeat(1.0, self.audit.flush)  # the counts of a flood that has stopped
         if self.tokens is not None:
             self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True

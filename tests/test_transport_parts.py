@@ -127,9 +127,10 @@ def test_every_refusal_kind_has_one_answer():
     locked = refusal(Denied(Refusal.LOCKED_OUT, "locked out", retry_after=0.2))
     assert (locked.status, locked.body, locked.headers) == (429, {"error": "rate limited"}, (("Retry-After", "1"),))
     assert refusal(Denied(Refusal.LOCKED_OUT, "locked out", retry_after=41.6)).headers == (("Retry-After", "42"),)
-    for kind in (Refusal.UNAUTHENTICATED, Refusal.WRONG_PEER):
+    for kind in (Refusal.MISSING_TOKEN, Refusal.WRONG_TOKEN, Refusal.WRONG_PEER):
         answer = refusal(Denied(kind, "why"))
         assert (answer.status, answer.body, answer.headers) == (401, {"error": "unauthenticated"}, ())
+    assert refusal(Denied(Refusal.TOKEN_ROTATED, "why")).body == {"error": "token rotated"}
     assert refusal(Denied(Refusal.HOST_NOT_ALLOWED, "why")).body == {"error": "host not allowed"}
 
 
