@@ -1,9 +1,9 @@
-"""Authentication: who may talk to the daemon at all, and the audit trail of every decision.
+"""Authentication: who may talk to the daemon at all, and the decision on every request.
 
 Owns: the bearer token (created 0600 from its first byte, compared in constant time as
 bytes, rotatable while the daemon runs), Unix-socket peer credentials (the peer's uid must
-be ours), the failure throttle (keyed on the peer's address or uid, never the ephemeral
-port; bounded memory), browser defences (Host and Origin checks) and the audit log.
+be ours), browser defences (Host and Origin checks), and the decision itself: which
+failures the throttle (``throttle``) counts, and what goes to the audit log (``audit``).
 
 Must not: know about HTTP, JSON-RPC or client identities; it answers "may this connection
 / request proceed, and if not, why" (a ``Denied``: the kind of refusal and a message for
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import enum
-import json
+import hmac
 import logging
 import os
 import secrets
@@ -24,15 +24,15 @@ import struct
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .lru import remember
+from .audit import AuditLog
 from .safe_paths import UnsafePath, make_private_dir, read_private
-from .storage import PrivateRotatingFileHandler, atomic_write
+from .storage import atomic_write
+from .throttle import Throttle, peer_key
 
 log = logging.getLogger("cc_daemon.auth")
 
@@ -45,16 +45,36 @@ def new_token() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
 
 
+class Presented(enum.Enum):
+    """What a presented bearer token is to the daemon."""
+
+    CURRENT = "current"
+    #: The token that the current one replaced, less than ``ROTATED_NOTICE_S`` ago.
+    ROTATED = "rotated"
+    WRONG = "wrong"
+
+
 class TokenStore:
     """The daemon's bearer token, on disk and in memory, kept in step."""
 
-    #: How often the daemon looks for a hand-edited token file (see ``verify``).
+    #: How often the daemon looks for a hand-edited token file (see ``match``).
     FILE_CHECK_S = 1.0
+    #: How long the token a rotation replaced is recognised as such (``Presented.ROTATED``,
+    #: which is not counted as a guess) rather than as any wrong token. A rotation ends
+    #: every stream opened with the old token, and each reconnects with it once before it
+    #: rereads the token file (our client after at most 10 s of backoff); scripts between
+    #: two calls and people updating a client by hand take minutes. Not longer: the distinct
+    #: answer confirms to whoever presents that string, a thief of a leaked token included,
+    #: that it was the daemon's token, which nobody needs once the clients have moved on.
+    ROTATED_NOTICE_S = 600.0
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic):
         self.path = path
+        self._clock = clock
         self._lock = threading.Lock()
         self._token: bytes | None = None
+        #: The token the current one replaced, and when (``clock``); only the latest one.
+        self._rotated: tuple[bytes, float] | None = None
         self._file_stamp: tuple[int, int] | None = None
         self._read_failure: str | None = None  # the last reason the file could not be read, once logged
         #: Bumped on every change, so streams opened with an older token can be ended.
@@ -75,8 +95,9 @@ class TokenStore:
         with self._lock:
             self._write_new()
 
-    def verify(self, presented: str) -> bool:
-        """Constant-time check of a presented token; any garbage is simply False.
+    def match(self, presented: str) -> Presented:
+        """Constant-time comparisons of a presented token (as bytes: ``compare_digest``
+        raises on non-ASCII text); any garbage is simply ``WRONG``.
 
         A token that differs from the one in memory makes us look at the file first, so a
         token written there by hand is accepted from its first use. The file is not looked
@@ -88,15 +109,21 @@ class TokenStore:
         try:
             candidate = presented.encode("ascii")
         except UnicodeEncodeError:
-            return False
+            return Presented.WRONG
         current = self._token  # one attribute read: always a whole token, old or new
-        if current is not None and secrets.compare_digest(candidate, current):
-            return True
+        if current is not None and hmac.compare_digest(candidate, current):
+            return Presented.CURRENT
         self.reload_if_changed()
         # Compared again whoever reloaded: another request or the timer may have done it
         # since our first read, and then our own reload finds nothing new.
         latest = self._token
-        return latest is not current and latest is not None and secrets.compare_digest(candidate, latest)
+        if latest is not current and latest is not None and hmac.compare_digest(candidate, latest):
+            return Presented.CURRENT
+        rotated = self._rotated
+        if (rotated is not None and self._clock() - rotated[1] < self.ROTATED_NOTICE_S
+                and hmac.compare_digest(candidate, rotated[0])):
+            return Presented.ROTATED
+        return Presented.WRONG
 
     def reload_if_changed(self) -> bool:
         """Follow the file if someone rewrote it (a user, an older CLI); True if the token changed."""
@@ -134,9 +161,7 @@ class TokenStore:
         self._read_failure = None
         if not text:
             return False
-        if self._token is not None and text.encode() != self._token:
-            self.generation += 1
-        self._token = text.encode("ascii")
+        self._replace(text.encode("ascii"))
         self._file_stamp = stamp
         return True
 
@@ -152,14 +177,23 @@ class TokenStore:
         make_private_dir(self.path.parent)
         token = new_token()
         atomic_write(self.path, (token + "\n").encode("ascii"), mode=0o600)
-        self._token = token.encode("ascii")
+        self._replace(token.encode("ascii"))
         self._file_stamp = file_stamp(self.path)
-        self.generation += 1
+
+    def _replace(self, token: bytes) -> None:
+        """Hold ``token`` from now on; a different one retires the one held (``ROTATED``)."""
+        previous = self._token
+        if previous == token:
+            return
+        if previous is not None:
+            self._rotated = (previous, self._clock())
+            self.generation += 1
+        self._token = token
 
 
 def file_stamp(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)  # not Path.stat: this runs on every failed verify
+        st = os.stat(path)  # not Path.stat: this runs on every failed match
     except OSError:  # missing, or its directory is not searchable: nothing to follow
         return None
     return st.st_ino, st.st_mtime_ns
@@ -198,89 +232,23 @@ def peer_credentials(sock: socket.socket) -> PeerCred | None:
     return None
 
 
-# -- throttle ---------------------------------------------------------------------------
-class Throttle:
-    """Locks out a peer after repeated failures. Memory is bounded; old entries expire."""
-
-    def __init__(self, max_failures: int = 3, window_s: float = 10.0, lockout_s: float = 60.0,
-                 max_peers: int = 4096, clock=time.monotonic):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.lockout_s = lockout_s
-        self.max_peers = max_peers
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._locked_until: OrderedDict[str, float] = OrderedDict()
-
-    def retry_after(self, peer: str) -> float | None:
-        """Seconds until ``peer`` may try again, or None when it is not locked out."""
-        now = self._clock()
-        with self._lock:
-            until = self._locked_until.get(peer)
-            if until is None:
-                return None
-            if until <= now:
-                del self._locked_until[peer]
-                return None
-            return until - now
-
-    def record_failure(self, peer: str) -> bool:
-        """Count a failure; True when this one locks the peer out."""
-        now = self._clock()
-        with self._lock:
-            recent = self._failures.pop(peer, None) or deque()
-            recent.append(now)
-            while recent and recent[0] <= now - self.window_s:
-                recent.popleft()
-            if len(recent) >= self.max_failures:
-                remember(self._locked_until, peer, now + self.lockout_s, self.max_peers)
-                return True
-            remember(self._failures, peer, recent, self.max_peers)
-            return False
-
-    def size(self) -> int:
-        with self._lock:
-            return len(self._failures) + len(self._locked_until)
-
-
-# -- audit log --------------------------------------------------------------------------
-class AuditLog:
-    """One compact JSON line per authentication decision, rotated by size."""
-
-    def __init__(self, path: Path | None, max_bytes: int = 10 * 1024 * 1024, backups: int = 5):
-        self.path = path
-        self._handler: logging.Handler | None = None
-        if path is not None:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                       encoding="utf-8")
-
-    def record(self, *, transport: str, outcome: str, peer: str, reason: str,
-               uid: int | None = None, client_kind: str | None = None) -> None:
-        if self._handler is None:
-            return
-        entry = {"ts": time.time(), "transport": transport, "outcome": outcome, "peer": peer,
-                 "reason": reason, "uid": uid}
-        if client_kind is not None:
-            entry["client_kind"] = client_kind
-        line = json.dumps(entry, separators=(",", ":"))
-        self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
-
-    def close(self) -> None:
-        if self._handler is not None:
-            self._handler.close()
-
-
 # -- the decision -----------------------------------------------------------------------
 class Refusal(enum.Enum):
     """The kinds of "no" auth answers."""
 
-    UNAUTHENTICATED = "unauthenticated"  # no bearer token, or a wrong one
+    MISSING_TOKEN = "missing_token"  # no bearer token at all: not a guess (an <img> load sends none)
+    WRONG_TOKEN = "wrong_token"  # a bearer token that is not the daemon's: a guess
+    TOKEN_ROTATED = "token_rotated"  # the token a rotation just replaced (TokenStore.ROTATED_NOTICE_S)
     WRONG_PEER = "wrong_peer"  # a Unix-socket peer that is not the daemon's user (or unknown)
-    LOCKED_OUT = "locked_out"  # too many failures from this peer lately
+    LOCKED_OUT = "locked_out"  # a guess from a peer that made too many of them lately
     HOST_NOT_ALLOWED = "host_not_allowed"  # a foreign Host header: DNS rebinding
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser page from an origin not allow-listed
+
+
+#: The failures the throttle counts, and refuses once a peer made too many: those that are
+#: attempts to get in. A request without a token, or with the token a rotation just retired,
+#: guesses nothing; a foreign uid is counted under its own key, so it only locks itself out.
+GUESSES = frozenset({Refusal.WRONG_TOKEN, Refusal.WRONG_PEER})
 
 
 @dataclass(frozen=True)
@@ -297,10 +265,19 @@ class Connection:
     """What auth knows about one accepted connection."""
 
     transport: str  # "tcp" or "unix"
-    peer: str       # the throttle key: client IP on TCP, "uid:N" on a Unix socket
+    peer: str       # who, as the audit log names it: the client IP on TCP, "uid:N" on a Unix socket
+    key: str        # whose failures count together (``throttle.peer_key``), and whose refusals the audit sums
     uid: int | None = None
     audited_ok: bool = False
     token_generation: int | None = None
+
+    @classmethod
+    def tcp(cls, address: str) -> Connection:
+        return cls("tcp", address, peer_key(address))
+
+    @classmethod
+    def unix(cls, uid: int | None) -> Connection:
+        return cls("unix", f"uid:{uid}", f"uid:{uid}", uid)
 
 
 class Authenticator:
@@ -318,10 +295,9 @@ class Authenticator:
 
     def check(self, conn: Connection, authorization: str | None,
               client_kind: str | None = None) -> Denied | None:
-        retry_after = self.throttle.retry_after(conn.peer)
-        if retry_after is not None:
-            return self._deny(conn, Denied(Refusal.LOCKED_OUT, "locked out after repeated failures", retry_after),
-                              client_kind)
+        """Credentials first: the right ones pass whatever others did (every local process
+        shares the loopback key, so a lockout that applied to them would hand each of them a
+        switch that locks the owner out). The throttle only counts and refuses guesses."""
         denied = self._credentials_refused(conn, authorization)
         if denied is None:
             if not conn.audited_ok:  # once per connection, not once per keep-alive request
@@ -329,7 +305,12 @@ class Authenticator:
                 self._audit(conn, "ok", "peer uid matches" if conn.transport == "unix" else "token accepted",
                             client_kind)
             return None
-        self.throttle.record_failure(conn.peer)
+        if denied.kind in GUESSES:
+            retry_after = self.throttle.retry_after(conn.key)
+            if retry_after is None:
+                self.throttle.record_failure(conn.key)
+            else:  # neither counted nor extending the lockout: it ends when it said it would
+                denied = Denied(Refusal.LOCKED_OUT, "locked out after repeated failures", retry_after)
         return self._deny(conn, denied, client_kind)
 
     def _credentials_refused(self, conn: Connection, authorization: str | None) -> Denied | None:
@@ -340,9 +321,12 @@ class Authenticator:
                 Refusal.WRONG_PEER, f"peer uid {conn.uid} is not the daemon's")
         token = bearer_token(authorization)
         if token is None:
-            return Denied(Refusal.UNAUTHENTICATED, "missing bearer token")
-        if self.tokens is None or not self.tokens.verify(token):
-            return Denied(Refusal.UNAUTHENTICATED, "wrong bearer token")
+            return Denied(Refusal.MISSING_TOKEN, "missing bearer token")
+        presented = Presented.WRONG if self.tokens is None else self.tokens.match(token)
+        if presented is Presented.ROTATED:
+            return Denied(Refusal.TOKEN_ROTATED, "token rotated")
+        if presented is Presented.WRONG:
+            return Denied(Refusal.WRONG_TOKEN, "wrong bearer token")
         conn.token_generation = self.tokens.generation
         return None
 
@@ -365,8 +349,8 @@ class Authenticator:
         return denied
 
     def _audit(self, conn: Connection, outcome: str, reason: str, client_kind: str | None) -> None:
-        self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, reason=reason,
-                          uid=conn.uid, client_kind=client_kind)
+        self.audit.record(transport=conn.transport, outcome=outcome, peer=conn.peer, key=conn.key,
+                          reason=reason, uid=conn.uid, client_kind=client_kind)
 
 
 def host_name(host_header: str) -> str:

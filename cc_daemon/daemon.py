@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import API_VERSION, __version__
-from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
+from .audit import AuditLog
+from .auth import LOOPBACK_NAMES, Authenticator, TokenStore
 from .database import DatabaseError
 from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore
 from .events import EventBus
@@ -35,6 +36,7 @@ from .sessions import SessionManager
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, read_json, remove_quietly)
 from .supervisor import SupervisionConfig
+from .throttle import Throttle
 from .timers import Scheduler
 from .transport.addresses import ListenAddress
 from .transport.servers import Limits, Services, make_server
@@ -71,6 +73,9 @@ class DaemonOptions:
     max_queued_turns: int = 16
     #: Restart backoff and stop timings of session runtimes (tests shrink them).
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    #: The monotonic clock of the throttle's windows and lockouts, of how long a rotated token
+    #: is recognised, and of the audit log's seconds (tests move it by hand).
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def resolved_token_path(self) -> Path:
@@ -128,11 +133,12 @@ class Daemon:
         self.metrics = Metrics()
         self.event_log = self._open_event_log()
         self.bus = EventBus(self.event_log)
-        self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
+        tcp = options.listen.scheme == "tcp"
+        self.tokens = TokenStore(options.resolved_token_path, options.clock) if tcp else None
         if self.tokens is not None:
             self.tokens.load_or_create()
             self.tokens.on_change = self._end_streams_of_old_tokens
-        self.audit = AuditLog(self.data_dir.audit_log if options.audit else None)
+        self.audit = AuditLog(self.data_dir.audit_log if options.audit else None, options.clock)
         # Clients and pending permission requests live in the same database as the events.
         self.client_table = self._open_record_table("clients")
         self.permission_table = self._open_record_table("permission_requests")
@@ -151,7 +157,7 @@ class Daemon:
             sessions=self.sessions))
         self.permissions.restore()
         self.dispatcher = Dispatcher(self.registry, self._count_call)
-        authenticator = Authenticator(self.tokens, self.audit, Throttle(),
+        authenticator = Authenticator(self.tokens, self.audit, Throttle(clock=options.clock),
                                       allowed_hosts=self._allowed_hosts(),
                                       allowed_origins=frozenset(options.allow_origins))
         limits = options.limits
@@ -172,6 +178,7 @@ class Daemon:
         self._serve_thread.start()
         self._write_discovery()
         self._repeat(5.0, self.clients.flush)  # client ids a failed write left unsaved
+        self._repeat(1.0, self.audit.flush)  # the counts of a flood that has stopped
         if self.tokens is not None:
             self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True

@@ -24,6 +24,7 @@ from cc_daemon.database import SchemaTooNew, check_database, migrate, open_datab
 from cc_daemon.eventlog import SqliteEventStore
 from cc_daemon.events import Event, EventBus, EventFilter, EventNotDurable, Gap, Originator, compact_json
 from cc_daemon.eventtable import COMPONENT, MIGRATIONS, memory_of
+from helpers.clock import FakeClock
 from helpers.daemons import cli, wait_for
 from helpers.sse import open_stream, publish, take
 
@@ -31,14 +32,6 @@ ALICE = Originator("a" * 64, "ref-alice", "repl")
 #: A viewer holding ALICE's key, as the transport's caller does.
 ALICE_VIEWER = SimpleNamespace(client_key="a" * 64, client_id="cid-alice")
 MB = 1 << 20
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def open_log(path: Path, **options) -> tuple[SqliteEventStore, EventBus]:

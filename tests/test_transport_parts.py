@@ -15,9 +15,9 @@ from cc_daemon import API_VERSION, API_VERSION_HEADER
 from cc_daemon.auth import Denied, Refusal
 from cc_daemon.transport.addresses import MAX_UNIX_PATH, AddressError, ListenAddress
 from cc_daemon.transport.endpoints import ROUTES
-from cc_daemon.transport.framing import (MAX_HEADER_LINES, Headers, HeadersTooLarge, HttpError, declares_body,
-                                         encode_response, http_version, read_chunked_body, read_headers,
-                                         read_request_body)
+from cc_daemon.transport.framing import (MAX_HEADER_LINES, Headers, HeadersTooLarge, HttpError, IncompleteRequest,
+                                         declares_body, encode_response, http_version, read_chunked_body,
+                                         read_headers, read_request_body)
 from cc_daemon.transport.policy import REFUSALS, Auth, Route, check_api_version, refusal
 
 ORIGIN = "http://localhost:3000"
@@ -65,6 +65,12 @@ def test_headers_first_field_wins_and_folded_lines_are_kept():
     assert headers.get("HOST") == "a"
     assert headers.get("x-long") == "one\r\n two"
     assert headers.get("missing", "-") == "-"
+
+
+def test_headers_the_stream_ends_inside_are_no_request():
+    for cut in ("", "Host: a", "Host: a\r\n", "Host: a\r\nAuthorization: Bearer x"):
+        with pytest.raises(IncompleteRequest):
+            headers_of(cut)
 
 
 def test_too_many_header_lines_are_refused():
@@ -127,9 +133,10 @@ def test_every_refusal_kind_has_one_answer():
     locked = refusal(Denied(Refusal.LOCKED_OUT, "locked out", retry_after=0.2))
     assert (locked.status, locked.body, locked.headers) == (429, {"error": "rate limited"}, (("Retry-After", "1"),))
     assert refusal(Denied(Refusal.LOCKED_OUT, "locked out", retry_after=41.6)).headers == (("Retry-After", "42"),)
-    for kind in (Refusal.UNAUTHENTICATED, Refusal.WRONG_PEER):
+    for kind in (Refusal.MISSING_TOKEN, Refusal.WRONG_TOKEN, Refusal.WRONG_PEER):
         answer = refusal(Denied(kind, "why"))
         assert (answer.status, answer.body, answer.headers) == (401, {"error": "unauthenticated"}, ())
+    assert refusal(Denied(Refusal.TOKEN_ROTATED, "why")).body == {"error": "token rotated"}
     assert refusal(Denied(Refusal.HOST_NOT_ALLOWED, "why")).body == {"error": "host not allowed"}
 
 

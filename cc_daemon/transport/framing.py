@@ -43,6 +43,11 @@ FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]*:")
 HEADERS_END = (b"\r\n", b"\n", b"")
 
 
+class IncompleteRequest(Exception):
+    """The stream ended before the blank line that ends a request's headers: the peer went
+    away, or the request deadline cut it off. There is no request to route or to judge."""
+
+
 class HeadersTooLarge(Exception):
     """A header line or the number of header lines is over the limit (answered with 431)."""
 
@@ -74,7 +79,8 @@ NO_HEADERS = Headers({})
 def read_headers(rfile) -> Headers:
     """The header lines up to the blank line, parsed as ``http.client.parse_headers`` does:
     same limits, obsolete line folding kept in the value, and a line that is neither a field
-    nor a continuation ends the fields (the rest is read and ignored)."""
+    nor a continuation ends the fields (the rest is read and ignored). Unlike it, the end of
+    the stream does not end the fields: it raises ``IncompleteRequest``."""
     fields: dict[str, str] = {}
     folding: str | None = None  # the field a continuation line would extend
     ignoring = False
@@ -84,6 +90,8 @@ def read_headers(rfile) -> Headers:
             raise HeadersTooLarge("Line too long", "header line")
         if count > MAX_HEADER_LINES:
             raise HeadersTooLarge("Too many headers", f"got more than {MAX_HEADER_LINES} headers")
+        if not line.endswith(b"\n"):  # shorter than the limit and no end of line: the end of the stream
+            raise IncompleteRequest
         if line in HEADERS_END:
             break
         if ignoring:

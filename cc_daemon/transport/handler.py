@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 from ..auth import Connection, Denied, Refusal, peer_credentials
 from ..identity import CLIENT_ID_RE, Caller, clean_kind
 from .endpoints import ROUTES
-from .framing import (NO_HEADERS, SERVER_VERSION, HeadersTooLarge, HttpError, declares_body, encode_compact,
-                      encode_response, http_version, read_headers, read_request_body)
+from .framing import (NO_HEADERS, SERVER_VERSION, HeadersTooLarge, HttpError, IncompleteRequest, declares_body,
+                      encode_compact, encode_response, http_version, read_headers, read_request_body)
 from .kernel import TimeoutSocketIO, TimeoutSocketWriter, set_kernel_timeouts
 from .policy import PREFLIGHT_HEADERS, Route, check_api_version, cors_headers, cors_origin, refusal
 
@@ -65,9 +65,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 cred = peer_credentials(self.request)
             except OSError:
                 cred = None
-            uid = cred.uid if cred else None
-            return Connection("unix", f"uid:{uid}", uid)
-        return Connection("tcp", str(self.client_address[0]))
+            return Connection.unix(cred.uid if cred else None)
+        return Connection.tcp(str(self.client_address[0]))
 
     def handle_one_request(self) -> None:
         """One request, with a deadline from its first byte (slow senders are cut off)."""
@@ -129,6 +128,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.headers = read_headers(self.rfile)
         except HeadersTooLarge as error:
             self.send_error(431, error.message, error.detail)
+            return False
+        except IncompleteRequest:
+            # Cut off at its deadline, or abandoned: never judged, since that would count a
+            # slow or dropped connection as a failed authentication. A peer that only shut
+            # its sending side still reads why (RFC 9112 section 8 allows the answer).
+            self.send_error(400, "Incomplete request", "the connection ended before the request's headers did")
             return False
         connection = self.headers.get("Connection", "").lower()
         if connection == "close":

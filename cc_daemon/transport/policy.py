@@ -50,9 +50,14 @@ class Route:
 
 
 # -- auth outcomes on the wire --------------------------------------------------------------
-#: How each kind of auth refusal reads on the wire: its status and JSON body.
+#: How each kind of auth refusal reads on the wire: its status and JSON body. A missing and
+#: a wrong token read the same, so a caller learns nothing about which part was wrong; a
+#: rotated one reads differently, because its holder had the token and only needs to read
+#: the token file again (the answer names no token).
 REFUSALS: dict[Refusal, tuple[int, dict[str, Any]]] = {
-    Refusal.UNAUTHENTICATED: (401, {"error": "unauthenticated"}),
+    Refusal.MISSING_TOKEN: (401, {"error": "unauthenticated"}),
+    Refusal.WRONG_TOKEN: (401, {"error": "unauthenticated"}),
+    Refusal.TOKEN_ROTATED: (401, {"error": "token rotated"}),
     Refusal.WRONG_PEER: (401, {"error": "unauthenticated"}),
     Refusal.LOCKED_OUT: (429, {"error": "rate limited"}),
     Refusal.HOST_NOT_ALLOWED: (403, {"error": "host not allowed"}),
