@@ -258,6 +258,16 @@ def test_reconnects_with_a_rotated_token_without_loss(tcp_daemon):
     assert client.endpoint.token == (tcp_daemon.data_dir / "daemon_token").read_text().strip()
 
 
+def test_a_client_still_holding_the_rotated_token_is_told_so(tcp_daemon):
+    with Client.connect(tcp_daemon.address, token=tcp_daemon.token, data_dir=tcp_daemon.data_dir) as stale, \
+            connect(tcp_daemon, kind="admin") as admin:
+        assert admin.call("system.rotate_token") == {"rotated": True}
+        with pytest.raises(Unauthenticated) as refused:
+            stale.ping()
+    assert refused.value.body == {"error": "token rotated"} and "token was rotated" in str(refused.value)
+    assert tcp_daemon.token not in str(refused.value)
+
+
 def test_explicit_token_is_not_replaced(tcp_daemon):
     client = Client.connect(tcp_daemon.address, token=tcp_daemon.token, data_dir=tcp_daemon.data_dir)
     assert client.refresh_endpoint() is False

@@ -229,6 +229,9 @@ def raise_for_http_status(response: Response) -> None:
     except ValueError:
         body = response.text
     if status == 401:
+        if isinstance(body, dict) and body.get("error") == "token rotated":
+            raise Unauthenticated(status, body, "the daemon's token was rotated (HTTP 401): read the new one "
+                                                "from its token file (`cheetahclaws daemon status` names it)")
         raise Unauthenticated(status, body, "the daemon refused our credentials (HTTP 401): "
                                             "wrong or missing token, or another user's socket")
     if status == 426:
