@@ -330,3 +330,51 @@ def test_refused_request_with_unread_body_does_not_poison_keep_alive(daemon):
     assert status in (401, 426)
     assert headers.get("connection") == "close"
     sock.close()
+
+
+# -- HTTP/1.0 clients ----------------------------------------------------------------------
+RPC_PING = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+
+
+def test_an_http_1_0_call_gets_an_http_1_0_answer_and_the_connection_closes(daemon):
+    """A client that reads to the end of the connection (the reference's habit) gets its
+    answer at once, not after a keep-alive timeout."""
+    with raw_connect(daemon) as sock:
+        sock.sendall(f"POST /rpc HTTP/1.0\r\n{auth_head(daemon)}Content-Length: {len(RPC_PING)}\r\n\r\n".encode()
+                     + RPC_PING)
+        started = time.monotonic()
+        data = read_to_end(sock)
+        assert time.monotonic() - started < 2
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") and b"Connection: close" in head
+    assert json.loads(body) == {"jsonrpc": "2.0", "result": "pong", "id": 1}
+
+
+def test_an_http_1_1_call_is_kept_alive_and_chunked_streams_stay(daemon):
+    with raw_connect(daemon) as sock:
+        sock.sendall(f"POST /rpc HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}"
+                     f"Content-Length: {len(RPC_PING)}\r\n\r\n".encode() + RPC_PING)
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers.get("connection") != "close"
+        sock.sendall(f"GET /events?since=0 HTTP/1.1\r\nHost: localhost\r\n{auth_head(daemon)}\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in data
+
+
+def test_an_http_1_0_event_stream_is_raw_sse_text_delimited_by_the_close(daemon):
+    """Read line by line without decoding chunks, as the reference's watch client does:
+    every line is an SSE field or a blank line, never a chunk size."""
+    with raw_connect(daemon) as sock:
+        sock.sendall(f"GET /events?since=0 HTTP/1.0\r\n{auth_head(daemon)}\r\n".encode())
+        daemon.rpc("echo.ping", {"n": 1})
+        data = b""
+        while b"ping_received" not in data:
+            data += sock.recv(65536)
+        while not data.endswith(b"\n\n"):
+            data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") and b"Transfer-Encoding" not in head and b"Connection: close" in head
+    for line in body.decode().split("\n"):
+        assert line == "" or line.split(":", 1)[0] in ("retry", "id", "event", "data"), line

@@ -170,16 +170,3 @@ def test_graceful_shutdown_sends_shutdown_event_and_is_never_replayed(make_daemo
     assert event["sse"].id is None  # never a replayable id
     stopper.join(10)
     assert not daemon.address[len("unix://"):] or not __import__("os").path.exists(daemon.address[7:])
-
-
-def test_curl_style_http10_stream_is_close_delimited(tcp_daemon):
-    host, port = tcp_daemon.address[len("tcp://"):].rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in tcp_daemon.headers().items())
-        sock.sendall(f"GET /events?since=0 HTTP/1.0\r\n{head}\r\n".encode())
-        publish(tcp_daemon, 1)
-        sock.settimeout(5)
-        data = b""
-        while b"ping_received" not in data:
-            data += sock.recv(65536)
-        assert b"Transfer-Encoding" not in data.split(b"\r\n\r\n")[0]

@@ -44,7 +44,7 @@ def serve_events(request: RequestHandler) -> None:
     caller = request.caller()
     server.reaper.disarm(request)  # a stream lives as long as its reader wants
     request.leave_in_flight()  # a stream is not a request that shutdown should wait for
-    chunked = request.request_version != "HTTP/1.0"
+    chunked = not request.http_1_0
     headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
                ("X-Accel-Buffering", "no"), ("X-Client-Id", caller.client_id)]
     headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))

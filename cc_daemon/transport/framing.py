@@ -202,19 +202,25 @@ def payload_too_large(limit: int) -> HttpError:
 
 
 # -- responses ----------------------------------------------------------------------------
-def response_head(status: int) -> str:
+def response_head(status: int, version: str = "HTTP/1.1") -> str:
     """The status line and the headers every response carries."""
     phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
-    return f"HTTP/1.1 {status} {phrase}\r\n{API_VERSION_HEADER}: {API_VERSION}\r\nServer: {SERVER_VERSION}"
+    return f"{version} {status} {phrase}\r\n{API_VERSION_HEADER}: {API_VERSION}\r\nServer: {SERVER_VERSION}"
 
 
 RESPONSE_HEADS = {status.value: response_head(status.value) for status in http.HTTPStatus}
+#: An HTTP/1.0 request is answered in HTTP/1.0: close-delimited, never chunked. (RFC 9110
+#: 6.2 would allow an HTTP/1.1 status line, but clients written for HTTP/1.0 servers, the
+#: reference's among them, read "HTTP/1.1" as a promise of framing they do not decode.)
+HTTP_1_0_HEADS = {status.value: response_head(status.value, "HTTP/1.0") for status in http.HTTPStatus}
 #: ``json.dumps`` with separators builds a new encoder per call; this one is built once.
 encode_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def encode_response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+def encode_response(status: int, headers: list[tuple[str, str]], body: bytes = b"",
+                    http_1_0: bool = False) -> bytes:
     """Status line, headers and body as one buffer, to go out in one write."""
-    lines = [RESPONSE_HEADS.get(status) or response_head(status)]
+    heads = HTTP_1_0_HEADS if http_1_0 else RESPONSE_HEADS
+    lines = [heads.get(status) or response_head(status, "HTTP/1.0" if http_1_0 else "HTTP/1.1")]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

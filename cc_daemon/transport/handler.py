@@ -37,6 +37,7 @@ log = logging.getLogger("cc_daemon.transport")
 
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    http_1_0 = False  # set per request by parse_request
     server_version = SERVER_VERSION
     sys_version = ""
 
@@ -95,6 +96,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.command = None
         self.request_version = version = self.default_request_version
         self.close_connection = True
+        self.http_1_0 = False  # an HTTP/1.0 request is answered in HTTP/1.0, close-delimited
         self.headers = NO_HEADERS
         self.route = None
         self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
@@ -110,14 +112,14 @@ class RequestHandler(BaseHTTPRequestHandler):
             if number >= (2, 0):
                 self.send_error(505, f"Invalid HTTP version ({version[5:]})")
                 return False
-            self.close_connection = number < (1, 1)
+            self.close_connection = self.http_1_0 = number < (1, 1)
             self.request_version = version
         if not 2 <= len(words) <= 3:
             self.send_error(400, f"Bad request syntax ({requestline!r})")
             return False
         command, path = words[:2]
-        if len(words) == 2:
-            self.close_connection = True
+        if len(words) == 2:  # HTTP/0.9 has no status line at all: the nearest we speak is 1.0
+            self.close_connection = self.http_1_0 = True
             if command != "GET":
                 self.send_error(400, f"Bad HTTP/0.9 request type ({command!r})")
                 return False
@@ -271,5 +273,5 @@ class RequestHandler(BaseHTTPRequestHandler):
         origin = self._cors_origin(self.route)
         if origin is not None:
             headers = cors_headers(origin) + headers
-        self.wfile.write(encode_response(status, headers, body))
+        self.wfile.write(encode_response(status, headers, body, self.http_1_0))
         self.server.services.metrics.inc("ccd_http_responses_total", status=str(status))
