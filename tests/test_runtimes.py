@@ -16,6 +16,7 @@ from cc_daemon.runtimes import protocol
 from cc_daemon.runtimes.protocol import FROM_RUNTIME, LineSplitter, Oversized, ProtocolError, decode, encode
 from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
+from helpers.daemons import wait_for
 from helpers.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude
 
 VALID_FROM_RUNTIME = [
@@ -231,3 +232,18 @@ def test_garbage_from_a_runtime_becomes_protocol_error_events_and_nothing_breaks
     assert watcher.text_of(turn_id) == "still here"
     assert client.call("system.ping") == "pong"
     watcher.close()
+
+
+def test_the_demo_asks_to_write_exactly_what_it_writes(unix_daemon, tmp_path):
+    """Issue 13 item 10: it once asked for "0 characters" and wrote a byte."""
+    with unix_daemon.client() as client:
+        session = client.sessions.create("demo", tmp_path)["session_id"]
+        wait_for(lambda: client.sessions.get(session)["state"] == "idle", message="demo ready")
+        asked = None
+        for event in client.sessions.turn(session, "write empty.txt"):
+            if event["type"] == "permission_request":
+                asked = event["data"]
+                client.permissions.approve(asked["request_id"])
+    written = (tmp_path / "empty.txt").read_bytes()
+    assert asked["input"]["content"].encode() == written == b"\n"
+    assert asked["rationale"] == "The demo wants to write 1 byte to empty.txt"

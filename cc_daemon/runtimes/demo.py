@@ -98,15 +98,17 @@ class DemoAgent(Agent):
         if target is None:
             return self.fail(turn, f"refusing to write {name!r}: it is outside the session's cwd")
         relative = str(target.relative_to(Path(self.cwd).resolve()))
-        approved, reason = turn.ask_permission("Write", {"file_path": relative, "content": content},
-                                               f"The demo wants to write {len(content)} characters to {relative}")
+        data = content + "\n"  # a text file's last line ends with a newline: what is asked is what is written
+        size = len(data.encode())
+        approved, reason = turn.ask_permission("Write", {"file_path": relative, "content": data},
+                                               f"The demo wants to write {size} byte{'s' * (size != 1)} to {relative}")
         if not approved:
             return self.refused(turn, f"Not writing {relative}", reason)
         tool_use_id = self.next_tool_use()
         turn.tool_start(tool_use_id, "Write", {"file_path": relative})
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content + "\n")
-        turn.tool_end(tool_use_id, True, f"wrote {len(content) + 1} bytes")
+        target.write_bytes(data.encode())
+        turn.tool_end(tool_use_id, True, f"wrote {size} byte{'s' * (size != 1)}")
         reply = f"Wrote {relative}."
         self.stream(turn, reply)
         self.finish(turn, reply)
