@@ -7,16 +7,17 @@ finite (``1e400`` decodes to ``inf``, which strict JSON cannot write), and nesti
 than ``MAX_DEPTH`` (so that validating or copying it never meets Python's recursion limit).
 It names the first offending field the way params errors do (``env.PATH``, ``args.2``).
 
-Must not: know about JSON-RPC, HTTP or any method: the RPC layer turns a ``BadValue`` into
--32602 (or -32600 for an ``id``) before any handler runs, so no state changes and no event
-is published for a request that carries one.
+Must not: know about JSON-RPC, HTTP, the runtime protocol or any method: the RPC layer turns
+a ``BadValue`` into -32602 (or -32600 for an ``id`` or a ``method``) before any handler runs,
+so no state changes and no event is published for a request that carries one; the runtime
+protocol turns it into a ``bad_value`` protocol error, so no event is built from one either.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 #: Deeper than any params schema we publish needs, and far below Python's recursion limit
 #: (~1,000), which jsonschema's error reporting reached at a nesting of ~980 (issue 12).

@@ -1,1 +1,1 @@
-"""Helpers shared by the test modules (daemons, event streams, a watching frontend)."""
+"""Helpers shared by the test modules (daemons, event streams, a watching frontend, hostile JSON)."""
