@@ -24,8 +24,10 @@ NOT_ORIGINATOR = -32001
 UNKNOWN_REQUEST = -32002
 #: The durable store refused a write (disk full, corruption): nothing was acknowledged.
 STORAGE_UNAVAILABLE = -32003
+#: The call ran, but its response does not fit in what is left of the reply's byte cap.
+REPLY_TOO_LARGE = -32004
 
-# -- RFC 0004 session errors (-32004..-32009 are reserved for the core) -------------------
+# -- RFC 0004 session errors (-32005..-32009 are reserved for the core) -------------------
 SESSION_NOT_FOUND = -32010
 SESSION_LIMIT = -32011
 RUNTIME_UNAVAILABLE = -32012

@@ -7,16 +7,17 @@ finite (``1e400`` decodes to ``inf``, which strict JSON cannot write), and nesti
 than ``MAX_DEPTH`` (so that validating or copying it never meets Python's recursion limit).
 It names the first offending field the way params errors do (``env.PATH``, ``args.2``).
 
-Must not: know about JSON-RPC, HTTP or any method: the RPC layer turns a ``BadValue`` into
--32602 (or -32600 for an ``id``) before any handler runs, so no state changes and no event
-is published for a request that carries one.
+Must not: know about JSON-RPC, HTTP, the runtime protocol or any method: the RPC layer turns
+a ``BadValue`` into -32602 (or -32600 for an ``id`` or a ``method``) before any handler runs,
+so no state changes and no event is published for a request that carries one; the runtime
+protocol turns it into a ``bad_value`` protocol error, so no event is built from one either.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 #: Deeper than any params schema we publish needs, and far below Python's recursion limit
 #: (~1,000), which jsonschema's error reporting reached at a nesting of ~980 (issue 12).
@@ -34,25 +35,48 @@ class BadValue:
 def find_bad_value(value: Any, field: str = "") -> BadValue | None:
     """The first string, number or nesting in ``value`` the daemon cannot carry, or None.
 
-    Iterative, so that a hostile depth costs a list, not the interpreter's stack."""
-    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
-    while stack:
-        item, path, depth = stack.pop()
-        if isinstance(item, str):
-            if not _encodable(item):
-                return BadValue(path or "(params)", "contains a lone surrogate, which is not valid Unicode")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return BadValue(path or "(params)", "is not a finite number")
-        elif isinstance(item, (dict, list)):
-            if depth >= MAX_DEPTH:
-                return BadValue(path or "(params)", f"is nested deeper than {MAX_DEPTH} levels")
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in pairs:
-                name = str(key)
-                if isinstance(key, str) and not _encodable(key):
-                    return BadValue(path or "(params)", "has a key with a lone surrogate, which is not valid Unicode")
-                stack.append((child, f"{path}.{name}" if path else name, depth + 1))
+    Iterative, so that a hostile depth costs a list, not the interpreter's stack. The walk
+    keeps one iterator per open container and the names leading to it, so that a wide value
+    (a 1 MiB body holds 350,000 elements) costs no name per element: only the value found
+    has its path spelled out."""
+    reason = _scalar_problem(value)
+    if reason is not None or not isinstance(value, (dict, list)):
+        return None if reason is None else BadValue(field or "(params)", reason)
+    names = [field] if field else []  # from the root to the container being walked
+    open_containers = [_members(value)]
+    while open_containers:
+        for key, child in open_containers[-1]:
+            if isinstance(key, str) and not _encodable(key):
+                return BadValue(_spell(names), "has a key with a lone surrogate, which is not valid Unicode")
+            if isinstance(child, (dict, list)):
+                if len(open_containers) >= MAX_DEPTH:
+                    return BadValue(_spell([*names, str(key)]), f"is nested deeper than {MAX_DEPTH} levels")
+                names.append(str(key))
+                open_containers.append(_members(child))
+                break
+            reason = _scalar_problem(child)
+            if reason is not None:
+                return BadValue(_spell([*names, str(key)]), reason)
+        else:  # this container is done: back to its parent
+            open_containers.pop()
+            if open_containers:
+                names.pop()
+    return None
+
+
+def _members(container: dict | list) -> Iterator[tuple[Any, Any]]:
+    return iter(container.items()) if isinstance(container, dict) else enumerate(container)
+
+
+def _spell(names: list[str]) -> str:
+    return ".".join(names) or "(params)"
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if _encodable(value) else "contains a lone surrogate, which is not valid Unicode"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
     return None
 
 

@@ -1,8 +1,11 @@
 """JSON-RPC 2.0, to the letter of https://www.jsonrpc.org/specification.
 
 Owns: the method registry (every method declares a JSON Schema for its params and one for
-its result), envelope parsing, batches, notifications, params validation, error mapping
-and the OpenRPC document served by ``rpc.discover``, generated from the registry.
+its result), envelope parsing, batches, notifications, params validation, error mapping,
+the OpenRPC document served by ``rpc.discover``, generated from the registry, and the
+limits of one request: ``MAX_BATCH`` requests, ``MAX_REPLY_BYTES`` of responses. Every
+value a client sends is checked (``json_values``) before any handler sees it, so a
+handler never meets one it cannot carry on to an event, a runtime or a reply.
 
 Must not: know about HTTP beyond saying which status a reply deserves, or about any
 service; handlers receive a ``Call`` and return a JSON-serialisable result or raise
@@ -26,9 +29,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("cc_daemon.rpc")
 
 from .errors import (HTTP_STATUS_FOR_CODE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-                     PARSE_ERROR)
+                     PARSE_ERROR, REPLY_TOO_LARGE)
+from .json_values import MAX_DEPTH, find_bad_value
 
 _MISSING = object()
+
+#: The most requests one batch may hold. Each one costs a reply of its own, so a 1 MiB body
+#: of ``[0,0,...]`` (half a million invalid requests) used to cost a 62.5 MiB reply (RFC 0002 §9.1).
+MAX_BATCH = 100
+#: The most bytes of results one reply carries: a result that does not fit is replaced by a
+#: short -32004 error. Four times the default body limit, so that no single call meets it
+#: (the largest, an ``events.query`` page, is 512 KiB plus at most one event of a body's size).
+MAX_REPLY_BYTES = 4 << 20
+#: How much of a schema's complaint reaches the client: it quotes the offending value, and an
+#: error must not echo a 1 MiB string (twice: in ``message`` and in ``data.reason``).
+REASON_CHARS = 200
 
 
 class RpcError(Exception):
@@ -98,6 +113,12 @@ class Method:
             params = self._bind_positional(raw)
         if not params and self.accepts_no_params:
             return params
+        # Before the schema: its error messages quote the value, and its recursion met
+        # Python's limit at a nesting of ~980 (issue 12).
+        bad = find_bad_value(params)
+        if bad is not None:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {bad.field}: {bad.reason}",
+                           {"field": bad.field, "reason": bad.reason})
         from jsonschema.exceptions import best_match  # loaded with the validator
 
         error = best_match(self.validator.iter_errors(params))
@@ -140,8 +161,9 @@ def invalid_params(error: ValidationError) -> RpcError:
         if unexpected:
             path.append(unexpected[0])
     field_name = ".".join(str(part) for part in path) or "(params)"
-    return RpcError(INVALID_PARAMS, f"Invalid params: {field_name}: {error.message}",
-                    {"field": field_name, "reason": error.message, "validator": error.validator})
+    reason = error.message if len(error.message) <= REASON_CHARS else error.message[:REASON_CHARS - 1] + "…"
+    return RpcError(INVALID_PARAMS, f"Invalid params: {field_name}: {reason}",
+                    {"field": field_name, "reason": reason, "validator": error.validator})
 
 
 class Registry:
@@ -192,10 +214,11 @@ class Registry:
         return sorted(self._methods)
 
     def openrpc(self, title: str, version: str, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
-        """An OpenRPC 1.x document describing every registered method."""
+        """An OpenRPC 1.x document describing every registered method, and the limits of a request."""
+        limits = {"max_batch": MAX_BATCH, "max_reply_bytes": MAX_REPLY_BYTES, "max_params_depth": MAX_DEPTH}
         return {
             "openrpc": "1.2.6",
-            "info": {"title": title, "version": version, **(extra_info or {})},
+            "info": {"title": title, "version": version, "x-limits": limits, **(extra_info or {})},
             "methods": [describe(self._methods[name]) for name in self.names()],
         }
 
@@ -229,10 +252,21 @@ def object_schema(properties: dict[str, Any], required: tuple[str, ...] = (),
 
 @dataclass(frozen=True)
 class Reply:
-    """What the transport sends back: an HTTP status and a JSON payload (None: no body)."""
+    """What the transport sends back: an HTTP status and the JSON body (empty: no body)."""
 
     status: int
-    payload: Any
+    body: bytes
+
+
+NO_CONTENT = Reply(204, b"")
+
+
+@dataclass(frozen=True)
+class Response:
+    """One response object, encoded, and its error code (None for a result)."""
+
+    body: bytes
+    code: int | None = None
 
 
 class Dispatcher:
@@ -247,47 +281,65 @@ class Dispatcher:
         try:
             message = parse_json(body)
         except RpcError as error:
-            return Reply(200, error_response(error, None))
+            return Reply(200, error_body(error, None))
         if isinstance(message, list):
             return self._handle_batch(message, caller)
-        response = self._handle_one(message, caller)
+        response = self._handle_one(message, caller, MAX_REPLY_BYTES)
         if response is None:
-            return Reply(204, None)
-        code = response.get("error", {}).get("code")
-        return Reply(HTTP_STATUS_FOR_CODE.get(code, 200), response)
+            return NO_CONTENT
+        return Reply(HTTP_STATUS_FOR_CODE.get(response.code, 200), response.body)
 
     def _handle_batch(self, messages: list[Any], caller: Any) -> Reply:
         if not messages:
-            return Reply(200, error_response(RpcError(INVALID_REQUEST, "Invalid Request: empty batch"), None))
-        responses = [r for r in (self._handle_one(m, caller) for m in messages) if r is not None]
-        return Reply(200, responses) if responses else Reply(204, None)
+            return Reply(200, error_body(RpcError(INVALID_REQUEST, "Invalid Request: empty batch"), None))
+        if len(messages) > MAX_BATCH:
+            error = RpcError(INVALID_REQUEST, f"Invalid Request: a batch holds at most {MAX_BATCH} requests",
+                             {"limit": MAX_BATCH, "got": len(messages)})
+            return Reply(200, error_body(error, None))
+        bodies: list[bytes] = []
+        room = MAX_REPLY_BYTES
+        for message in messages:
+            response = self._handle_one(message, caller, room)
+            if response is not None:
+                bodies.append(response.body)
+                room -= len(response.body)
+        return Reply(200, b"[" + b",".join(bodies) + b"]") if bodies else NO_CONTENT
 
-    def _handle_one(self, message: Any, caller: Any) -> dict[str, Any] | None:
-        """The response object for one request, or None for a notification."""
+    def _handle_one(self, message: Any, caller: Any, room: int) -> Response | None:
+        """The response to one request, encoded, or None for a notification. A result longer
+        than ``room`` is answered with -32004 instead: the call ran, its result is dropped.
+        Errors are not measured: they echo at most the request's id, its method's name and
+        ``REASON_CHARS`` of a value, all bounded by the body limit."""
         try:
             method_name, raw_params, request_id, is_notification = check_envelope(message)
         except RpcError as error:
-            return error_response(error, valid_id_or_none(message))
+            return Response(error_body(error, valid_id_or_none(message)), error.code)
         try:
-            result = self._invoke(method_name, raw_params, caller, is_notification)
+            body = self._invoke(method_name, raw_params, caller, request_id, is_notification)
+            if body is not None and len(body) > room:
+                raise RpcError(REPLY_TOO_LARGE, f"Reply too large: the call ran, but its response ({len(body)} "
+                                                f"bytes) does not fit in what is left of the reply's "
+                                                f"{MAX_REPLY_BYTES} bytes; send it outside a batch, or ask for less",
+                               {"limit_bytes": MAX_REPLY_BYTES, "response_bytes": len(body)})
         except RpcError as error:
             self._on_call(method_name, error.code)
-            return None if is_notification else error_response(error, request_id)
+            return None if is_notification else Response(error_body(error, request_id), error.code)
         self._on_call(method_name, None)
-        if is_notification:
-            return None
-        return {"jsonrpc": "2.0", "result": result, "id": request_id}
+        return None if body is None else Response(body)
 
-    def _invoke(self, method_name: str, raw_params: Any, caller: Any, is_notification: bool) -> Any:
+    def _invoke(self, method_name: str, raw_params: Any, caller: Any, request_id: Any,
+                is_notification: bool) -> bytes | None:
+        """Run the method; its response object encoded (None for a notification)."""
         method = self.registry.get(method_name)
         if method is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method_name}", {"method": method_name})
-        params = method.bind(raw_params)
         try:
+            # Binding too is guarded: whatever it meets, this request gets an answer, and a
+            # batch's other requests theirs.
+            params = method.bind(raw_params)
             result = method.handler(Call(method_name, params, caller, is_notification))
-            # Serialise here so an unencodable result is this call's error, not the batch's.
-            check_encodable(result)
-            return result
+            # Encoded here: an unencodable result is this call's error, not the batch's.
+            return None if is_notification else encode({"jsonrpc": "2.0", "result": result, "id": request_id})
         except RpcError:
             raise
         except Exception as exc:
@@ -307,9 +359,19 @@ def _reject_constant(name: str) -> Any:
 
 
 # Built once: ``json.loads`` / ``json.dumps`` with any non-default argument build a new
-# decoder / encoder on every call, a cost paid on every request.
+# decoder / encoder on every call, a cost paid on every request. The encoder refuses what
+# strict JSON cannot carry, and writes UTF-8 rather than escapes, so that an echo is no
+# longer than what was sent (``\u00e9`` is 6 bytes for a 2-byte character).
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-check_encodable = json.JSONEncoder(allow_nan=False).encode
+_encode_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode(value: Any) -> bytes:
+    """``value`` as strict JSON in UTF-8. No lone surrogate comes in any more (``json_values``),
+    but events stored before that was checked may hold one: it is written as the escape it
+    came in as (``\\ud800``, which is what ``backslashreplace`` writes inside a JSON string),
+    as the event stream writes it, rather than failing every page that holds it."""
+    return _encode_text(value).encode("utf-8", "backslashreplace")
 
 
 def parse_json(body: bytes) -> Any:
@@ -326,7 +388,10 @@ def parse_json(body: bytes) -> Any:
 
 
 def is_valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    """What the specification allows, and what can be echoed: ``1e400`` decodes to ``inf``,
+    which strict JSON cannot write (it went out as ``Infinity``)."""
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)
+                             and find_bad_value(value) is None)
 
 
 def valid_id_or_none(message: Any) -> Any:
@@ -343,11 +408,12 @@ def check_envelope(message: Any) -> tuple[str, Any, Any, bool]:
     if message.get("jsonrpc") != "2.0":
         raise RpcError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be exactly "2.0"', {"field": "jsonrpc"})
     method = message.get("method")
-    if not isinstance(method, str):
-        raise RpcError(INVALID_REQUEST, 'Invalid Request: "method" must be a string', {"field": "method"})
+    if not isinstance(method, str) or find_bad_value(method) is not None:  # an unknown one is echoed
+        raise RpcError(INVALID_REQUEST, 'Invalid Request: "method" must be a string of valid Unicode',
+                       {"field": "method"})
     if "id" in message and not is_valid_id(message["id"]):
-        raise RpcError(INVALID_REQUEST, 'Invalid Request: "id" must be a string, a number or null',
-                       {"field": "id"})
+        raise RpcError(INVALID_REQUEST, 'Invalid Request: "id" must be a string of valid Unicode, a finite '
+                                        'number or null', {"field": "id"})
     params = message.get("params", _MISSING)
     if params is not _MISSING and not isinstance(params, (dict, list)):
         raise RpcError(INVALID_REQUEST, 'Invalid Request: "params" must be an object or an array',
@@ -355,5 +421,5 @@ def check_envelope(message: Any) -> tuple[str, Any, Any, bool]:
     return method, params, message.get("id"), "id" not in message
 
 
-def error_response(error: RpcError, request_id: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id}
+def error_body(error: RpcError, request_id: Any) -> bytes:
+    return encode({"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id})

@@ -31,7 +31,7 @@ daemon = Daemon(serve.options_from(args))
 daemon.start()
 reply = daemon.dispatcher.handle(b'{"jsonrpc": "2.0", "method": "system.ping", "id": 1}')
 daemon.stop()
-print(json.dumps({"pong": reply.payload["result"], "loaded": sorted(set(sys.modules) - before)}))
+print(json.dumps({"pong": json.loads(reply.body)["result"], "loaded": sorted(set(sys.modules) - before)}))
 """
 
 

@@ -26,7 +26,7 @@ from .endpoint import Endpoint, discover
 from .exceptions import (DaemonError, NotRunning, NoAnswer, ProtocolError, HttpStatusError, Unauthenticated, RateLimited,
                          VersionMismatch, RpcCallError, ParseError, InvalidRequest, MethodNotFound,
                          InvalidParams, InternalError, NotOriginator, UnknownRequest, StorageUnavailable,
-                         SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull,
+                         ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull,
                          SessionNotAccepting, ApproverRefused, EventGap, EventLogReset, rpc_error)
 from .namespaces import Permissions, Sessions, event_turn_id
 from .stream import EventStream
@@ -35,7 +35,7 @@ __all__ = [
     "KIND_RE", "Client", "Endpoint", "discover", "DaemonError", "NotRunning", "NoAnswer", "ProtocolError",
     "HttpStatusError", "Unauthenticated", "RateLimited", "VersionMismatch", "RpcCallError", "ParseError",
     "InvalidRequest", "MethodNotFound", "InvalidParams", "InternalError", "NotOriginator", "UnknownRequest",
-    "StorageUnavailable", "SessionNotFound", "SessionLimit", "RuntimeUnavailable", "TurnQueueFull",
+    "StorageUnavailable", "ReplyTooLarge", "SessionNotFound", "SessionLimit", "RuntimeUnavailable", "TurnQueueFull",
     "SessionNotAccepting", "ApproverRefused", "EventGap", "EventLogReset", "rpc_error", "Permissions",
     "Sessions", "event_turn_id", "EventStream"
 ]

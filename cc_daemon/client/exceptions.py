@@ -137,6 +137,13 @@ class StorageUnavailable(RpcCallError):
     code = errors.STORAGE_UNAVAILABLE
 
 
+class ReplyTooLarge(RpcCallError):
+    """-32004: in a batch, this call ran but its result did not fit in the reply's size cap
+    (``data`` gives the limit); call it on its own to get the result."""
+
+    code = errors.REPLY_TOO_LARGE
+
+
 class SessionNotFound(RpcCallError):
     """-32010: no session has that id (it may have been closed before a daemon restart)."""
 
@@ -176,7 +183,7 @@ class ApproverRefused(RpcCallError):
 
 _ERRORS_BY_CODE = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotOriginator, UnknownRequest,
-    StorageUnavailable, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
+    StorageUnavailable, ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
     ApproverRefused)}
 
 

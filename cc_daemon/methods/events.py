@@ -10,7 +10,8 @@ from ..rpc import Call, Registry, object_schema
 from . import MethodContext
 
 EVENT_ID = {"type": "integer", "minimum": 0}
-TIMESTAMP = {"type": "number", "description": "seconds since the epoch"}
+#: Bounded by what SQLite compares with: a larger integer overflows its binding (-32603 once).
+TIMESTAMP = {"type": "number", "minimum": -(2**63), "maximum": 2**63 - 1, "description": "seconds since the epoch"}
 MAX_LIMIT = 1000
 
 QUERY_PARAMS = object_schema({

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
 from ..errors import (APPROVER_REFUSED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
                       SESSION_NOT_FOUND, TURN_QUEUE_FULL)
+from ..json_values import find_bad_value
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
 from ..session import STATES, ApproverRefused, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
 from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
@@ -22,6 +23,9 @@ SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": 
 TURN_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "turn_<16 hex>"}
 MESSAGE_ID = {"type": "string", "minLength": 1, "maxLength": 128,
               "description": "idempotency key: resending the same id never starts a second turn"}
+#: What the kernel cannot take in a path, an argument or an environment variable: a NUL would
+#: end it (``Popen`` refuses it with a ValueError, after the session was announced).
+NO_NUL = r"^[^\u0000]*$"
 SESSION = {"type": "object", "required": ["session_id", "state", "runtime", "cwd", "mode", "owner"],
            "properties": {"state": {"enum": list(STATES)}}}
 BY_ID = object_schema({"session_id": SESSION_ID}, ("session_id",))
@@ -48,14 +52,17 @@ def register(registry: Registry, context: MethodContext) -> None:
         params=object_schema({
             "runtime": {"type": "string", "minLength": 1, "maxLength": 64,
                         "description": "demo, command, claude, custom (args: a program speaking RFC 0004), or a runtime from an entry point"},
-            "cwd": {"type": "string", "minLength": 1, "maxLength": 4096, "description": "absolute directory"},
+            "cwd": {"type": "string", "minLength": 1, "maxLength": 4095, "pattern": NO_NUL,
+                    "description": "absolute directory (PATH_MAX: 4,096 bytes with the NUL)"},
             "name": {"type": "string", "maxLength": 200},
             "mode": {"enum": [INTERACTIVE, UNATTENDED], "default": INTERACTIVE},
             "approve_via": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,32}$",
                             "description": "unattended only: deny (default), allow, or a client kind"},
-            "env": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "string"},
+            "env": {"type": "object", "maxProperties": 200,
+                    "additionalProperties": {"type": "string", "pattern": NO_NUL},
                     "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
-            "args": {"type": "array", "maxItems": 256, "items": {"type": "string", "maxLength": 65536}},
+            "args": {"type": "array", "maxItems": 256,
+                     "items": {"type": "string", "maxLength": 65536, "pattern": NO_NUL}},
             "restart": {"enum": list(RESTART_POLICIES), "default": "on-crash"},
             "max_turn_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
         }, ("runtime", "cwd")),
@@ -171,10 +178,22 @@ def directory(text: str) -> Path:
     """``cwd`` as an absolute, existing directory (symlinks resolved), or invalid params."""
     path = Path(text)
     if not path.is_absolute():
-        raise RpcError(INVALID_PARAMS, "Invalid params: cwd: must be an absolute path",
-                       {"field": "cwd", "reason": "not absolute"})
-    resolved = path.resolve()
-    if not resolved.is_dir():
-        raise RpcError(INVALID_PARAMS, f"Invalid params: cwd: {text} is not a directory",
-                       {"field": "cwd", "reason": "not a directory"})
+        raise invalid_cwd("must be an absolute path", "not absolute")
+    try:
+        resolved = path.resolve()
+        is_dir = resolved.is_dir()
+    except OSError as exc:  # a name longer than the kernel takes (in bytes, not characters), no access
+        raise invalid_cwd(f"{text}: {exc.strerror}", exc.strerror or "unusable") from None
+    except RuntimeError:  # how Python before 3.13 reports a symlink loop
+        raise invalid_cwd(f"{text}: a symlink loop", "a symlink loop") from None
+    if not is_dir:
+        raise invalid_cwd(f"{text} is not a directory", "not a directory")
+    # A name that is not UTF-8 decodes to lone surrogates: the runtime's init message (JSON in
+    # UTF-8) could not carry it, and every event naming the session's cwd would hold them.
+    if find_bad_value(str(resolved)) is not None:
+        raise invalid_cwd(f"{text} resolves to a path that is not valid UTF-8", "not UTF-8")
     return resolved
+
+
+def invalid_cwd(problem: str, reason: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, f"Invalid params: cwd: {problem}", {"field": "cwd", "reason": reason})

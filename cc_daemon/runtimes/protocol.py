@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..json_values import find_bad_value
+
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
@@ -169,6 +171,11 @@ def decode(line: bytes) -> dict[str, Any]:
         raise ProtocolError("not_json", "nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("not_an_object", f"expected a JSON object, got {type(message).__name__}")
+    # What JSON can say but the daemon cannot pass on (to an event, a reply, another runtime),
+    # refused here as a client's is at the RPC boundary.
+    bad = find_bad_value(message)
+    if bad is not None:
+        raise ProtocolError("bad_value", f"{bad.field}: {bad.reason}")
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in FROM_RUNTIME:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:100]!r}")

@@ -31,10 +31,7 @@ def serve_rpc(request: RequestHandler) -> None:
     body = request.read_body()
     request.server.reaper.disarm(request)  # the deadline bounds reading the request, not answering it
     reply = request.server.services.dispatcher.handle(body, caller)
-    if reply.payload is None:
-        request.respond_bytes(reply.status, b"", None)
-    else:
-        request.respond(reply.status, reply.payload)
+    request.respond_bytes(reply.status, reply.body, "application/json" if reply.body else None)
 
 
 def serve_events(request: RequestHandler) -> None:
