@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import API_VERSION, __version__
+from . import API_VERSION, __version__, discovery
 from .auth import LOOPBACK_NAMES, AuditLog, Authenticator, Throttle, TokenStore
 from .database import DatabaseError
 from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore
@@ -107,9 +107,9 @@ class Daemon:
         try:
             self._lock.acquire()
         except AlreadyRunning:
-            info = read_json(self.data_dir.discovery_file) or {}
+            first = discovery.parse(read_json(self.data_dir.discovery_file), self.data_dir.default_token_file)
             raise StartupError(f"a daemon is already running for {self.data_dir.root} "
-                               f"(pid {info.get('pid', '?')}, {info.get('address', '?')})") from None
+                               f"(pid {first.pid if first else '?'}, {first.address.url() if first else '?'})") from None
         try:
             self._start_locked()
         except BaseException:
@@ -207,12 +207,11 @@ class Daemon:
         return ListenAddress("tcp", host=self.options.listen.host, port=port)
 
     def _write_discovery(self) -> None:
-        info = {"pid": os.getpid(), "transport": self.address.scheme, "address": self.address.url(),
-                "api_version": API_VERSION, "version": __version__, "started_at": self.started_at,
-                "token_path": str(self.options.resolved_token_path) if self.tokens else None,
-                "data_dir": str(self.data_dir.root)}
+        record = discovery.build(self.address, pid=os.getpid(), version=__version__, api_version=API_VERSION,
+                                 started_at=self.started_at, data_dir=self.data_dir.root,
+                                 token_path=self.options.resolved_token_path if self.tokens else None)
         atomic_write(self.data_dir.pid_file, f"{os.getpid()}\n".encode())
-        atomic_write_json(self.data_dir.discovery_file, info)
+        atomic_write_json(self.data_dir.discovery_file, record)
 
     def _attach_log_file(self) -> None:
         handler = PrivateRotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,

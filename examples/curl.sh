@@ -42,7 +42,8 @@ DISCOVERY="$DATA_DIR/daemon.json"
 
 # daemon.json is written pretty-printed, one key per line: a sed per field is enough.
 json_field() { sed -n "s/^ *\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" "$DISCOVERY" | head -n 1; }
-ADDRESS="$(json_field address)"
+# "url" is cc_daemon's own form of the address ("address" is the reference's, without a scheme).
+ADDRESS="$(json_field url)"
 case "$ADDRESS" in
   unix://*)
     TRANSPORT=unix
