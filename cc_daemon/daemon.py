@@ -125,7 +125,6 @@ class Daemon:
                 remove_quietly(stale)
         self._attach_log_file()
         self.scheduler = Scheduler()
-        self.metrics = Metrics()
         self.event_log = self._open_event_log()
         self.bus = EventBus(self.event_log)
         self.tokens = TokenStore(options.resolved_token_path) if options.listen.scheme == "tcp" else None
@@ -144,6 +143,7 @@ class Daemon:
             self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
             supervision=options.supervision)
+        self.metrics = Metrics(self.uptime_s, self.sessions.live_count)
         self.registry = build_registry(MethodContext(
             bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
             describe=self.describe,
@@ -246,7 +246,6 @@ class Daemon:
         m.describe_counter("ccd_http_request_seconds_total", "Seconds spent answering HTTP requests")
         m.describe_counter("ccd_auth_denied_total", "Requests refused by authentication, by status")
         m.describe_counter("ccd_connections_refused_total", "Connections refused over the connection cap")
-        m.gauge("ccd_uptime_seconds", "Seconds since the daemon started", self.uptime_s)
         m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
         m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
         m.gauge("ccd_permission_requests_pending", "Pending permission requests", self.permissions.pending_count)

@@ -135,8 +135,10 @@ fi
 section "2. GET /healthz, /readyz, /metrics (authenticated like everything else)"
 step "$BASE/healthz"
 step "$BASE/readyz"
-show_command "$BASE/metrics"
-daemon_curl "$BASE/metrics" | grep -E '^(# TYPE|ccd_)' | sed -n '1,12p'
+step "$BASE/metrics"
+# Prometheus scrapers ask for text; without that Accept, /metrics answers the JSON above.
+show_command -H 'Accept: text/plain' "$BASE/metrics"
+daemon_curl -H 'Accept: text/plain' "$BASE/metrics" | grep -E '^(# TYPE|ccd_)' | sed -n '1,12p'
 echo "... (truncated)"
 
 # -- 3. plain calls -------------------------------------------------------------------------
