@@ -42,7 +42,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     logs = actions.add_parser("logs", help=f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
                               epilog="example: cheetahclaws daemon logs -n 100 -f")
     add_connection(logs)
-    logs.add_argument("-n", type=int, default=50, metavar="N", help="last N lines (default 50)")
+    logs.add_argument("-n", "--lines", dest="n", type=int, default=50, metavar="N", help="last N lines (default 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.set_defaults(run=run_logs)
 
