@@ -26,6 +26,7 @@ from .transport.addresses import AddressError, ListenAddress
 #: else, and our fields are additions it ignores).
 SCHEMA = 1
 SCHEMES = ("unix", "tcp")
+URL_PREFIXES = tuple(f"{scheme}://" for scheme in SCHEMES)
 
 
 def build(address: ListenAddress, *, pid: int, version: str, api_version: str, started_at: float,
@@ -81,7 +82,7 @@ def parse(record: Any, default_token_path: Path) -> Discovered | None:
 def _address(record: dict[str, Any]) -> ListenAddress | None:
     for key in ("url", "address"):  # ours first; before there was "url", "address" was the URL
         text = record.get(key)
-        if isinstance(text, str) and text.startswith(tuple(f"{scheme}://" for scheme in SCHEMES)):
+        if isinstance(text, str) and text.startswith(URL_PREFIXES):
             return ListenAddress.parse(text)
     transport, text = record.get("transport"), record.get("address")
     if transport in SCHEMES and isinstance(text, str) and text:
