@@ -24,11 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-import requests
 import sseclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cc_daemon import discovery  # noqa: E402
 from cc_daemon.eventlog import SqliteEventStore  # noqa: E402
 from cc_daemon.events import Event, EventBus, Originator, SubscriptionEnded  # noqa: E402
 from cc_daemon.storage import DataDir  # noqa: E402
@@ -202,10 +202,11 @@ def replay_over_http(root: Path, events: int) -> dict:
     process = subprocess.Popen([sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(root)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        info = wait_for_discovery(DataDir(root).discovery_file, process)
+        layout = DataDir(root)
+        base = discovery.parse(wait_for_discovery(layout.discovery_file, process),
+                               layout.default_token_file).address.base_url()
         rss_before = rss_peak_of(process.pid)
         http = requests_unixsocket.Session()
-        base = "http+unix://" + requests.utils.quote(info["address"][len("unix://"):], safe="")
         headers = {"Cheetahclaws-Api-Version": "0", "Last-Event-ID": "0"}
         started, received = time.perf_counter(), 0
         response = http.get(base + "/events", headers=headers, stream=True, timeout=(5, 30))

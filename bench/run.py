@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from . import cli, profile, report, servers, sse
 from .loadgen import PING, HttpConnection, run_rpc
-from .reference import ReferenceUnavailable, ensure_reference
+from .reference import DEFAULT_CACHE_DIR, ReferenceUnavailable, ensure_reference
 
 BENCH_DIR = Path(__file__).resolve().parent
 EVENTLOG_BENCH = BENCH_DIR / "bench_eventlog.py"
@@ -301,7 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SCENARIOS), metavar="LIST",
                         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
     parser.add_argument("--no-reference", action="store_true", help="do not install or run the reference")
-    parser.add_argument("--cache-dir", type=Path, default=BENCH_DIR / ".cache",
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                         help="where the reference's virtualenv is kept (default bench/.cache)")
     parser.add_argument("--client-procs", type=int, default=None, metavar="N",
                         help="load-generator processes (default: one per core, fewer if fewer clients)")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cc_daemon import discovery
+
 from .loadgen import PING, PONG, HttpConnection, Target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,17 +160,19 @@ def start_cc_daemon(transport: str, *extra: str, source: Path = REPO_ROOT) -> Se
     workdir = short_workdir("ccb-")
     listen = f"unix://{workdir}/d.sock" if transport == "unix" else "tcp://127.0.0.1:0"
     process = _spawn(cc_daemon_command(workdir, listen, *extra), workdir, cwd=source)
-    discovery = workdir / "data" / "daemon.json"
+    record_file = workdir / "data" / "daemon.json"
 
     def read_discovery():
         try:
-            return json.loads(discovery.read_text())
+            return json.loads(record_file.read_text())
         except (OSError, ValueError):
             return None
 
-    info = _wait_for("cc_daemon did not start", process, workdir, read_discovery)
-    token = Path(info["token_path"]).read_text().strip() if info.get("token_path") else None
-    target = Target("cc_daemon", info["address"], token).with_client_id()
+    # Parsed by today's reader, which also reads the records older revisions wrote (--cc-daemon-rev).
+    found = discovery.parse(_wait_for("cc_daemon did not start", process, workdir, read_discovery),
+                            workdir / "data" / "daemon_token")
+    token = found.token_path.read_text().strip() if found.token_path else None
+    target = Target("cc_daemon", found.address.url(), token).with_client_id()
     return Server("cc_daemon", process, target, workdir)
 
 

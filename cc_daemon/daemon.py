@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import API_VERSION, __version__
+from . import API_VERSION, __version__, discovery
 from .audit import AuditLog
 from .auth import LOOPBACK_NAMES, Authenticator, TokenStore
 from .database import DatabaseError
@@ -112,9 +112,9 @@ class Daemon:
         try:
             self._lock.acquire()
         except AlreadyRunning:
-            info = read_json(self.data_dir.discovery_file) or {}
+            first = discovery.parse(read_json(self.data_dir.discovery_file), self.data_dir.default_token_file)
             raise StartupError(f"a daemon is already running for {self.data_dir.root} "
-                               f"(pid {info.get('pid', '?')}, {info.get('address', '?')})") from None
+                               f"(pid {first.pid if first else '?'}, {first.address.url() if first else '?'})") from None
         try:
             self._start_locked()
         except BaseException:
@@ -130,7 +130,6 @@ class Daemon:
                 remove_quietly(stale)
         self._attach_log_file()
         self.scheduler = Scheduler()
-        self.metrics = Metrics()
         self.event_log = self._open_event_log()
         self.bus = EventBus(self.event_log)
         tcp = options.listen.scheme == "tcp"
@@ -150,6 +149,7 @@ class Daemon:
             self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
             supervision=options.supervision)
+        self.metrics = Metrics(self.uptime_s, self.sessions.live_count)
         self.registry = build_registry(MethodContext(
             bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
             describe=self.describe,
@@ -214,12 +214,11 @@ class Daemon:
         return ListenAddress("tcp", host=self.options.listen.host, port=port)
 
     def _write_discovery(self) -> None:
-        info = {"pid": os.getpid(), "transport": self.address.scheme, "address": self.address.url(),
-                "api_version": API_VERSION, "version": __version__, "started_at": self.started_at,
-                "token_path": str(self.options.resolved_token_path) if self.tokens else None,
-                "data_dir": str(self.data_dir.root)}
+        record = discovery.build(self.address, pid=os.getpid(), version=__version__, api_version=API_VERSION,
+                                 started_at=self.started_at, data_dir=self.data_dir.root,
+                                 token_path=self.options.resolved_token_path if self.tokens else None)
         atomic_write(self.data_dir.pid_file, f"{os.getpid()}\n".encode())
-        atomic_write_json(self.data_dir.discovery_file, info)
+        atomic_write_json(self.data_dir.discovery_file, record)
 
     def _attach_log_file(self) -> None:
         handler = PrivateRotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
@@ -254,7 +253,6 @@ class Daemon:
         m.describe_counter("ccd_http_request_seconds_total", "Seconds spent answering HTTP requests")
         m.describe_counter("ccd_auth_denied_total", "Requests refused by authentication, by status")
         m.describe_counter("ccd_connections_refused_total", "Connections refused over the connection cap")
-        m.gauge("ccd_uptime_seconds", "Seconds since the daemon started", self.uptime_s)
         m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
         m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
         m.gauge("ccd_permission_requests_pending", "Pending permission requests", self.permissions.pending_count)

@@ -25,6 +25,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 #: Synthetic event types: produced per subscriber, never stored.
 GAP = "gap"
 SHUTDOWN = "shutdown"
+#: A gap's reason when retention removed the ids: the reference's word, so that its clients'
+#: checks match (the only reason there is today).
+PRUNED_BY_RETENTION = "retention_prune"
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +402,7 @@ class Subscription:
                 # The store no longer holds what follows the cursor: say exactly what is gone.
                 resume_after = (events[0].id if events else store.oldest_id()) - 1
                 if resume_after > self.cursor:
-                    gap = Gap(self.cursor + 1, resume_after, "retention")
+                    gap = Gap(self.cursor + 1, resume_after, PRUNED_BY_RETENTION)
                     self.cursor = resume_after
                     return [gap]
                 time.sleep(0.001)  # visible but not yet readable (a store catching up): retry

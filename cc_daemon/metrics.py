@@ -1,26 +1,48 @@
-"""Counters and gauges, rendered in the Prometheus text exposition format for ``/metrics``.
+"""Counters and gauges for ``/metrics``, and the daemon's vitals for ``/healthz``.
 
-Owns: a small, thread-safe registry of named series. Label values are bounded sets chosen
+Owns: a small, thread-safe registry of named series, rendered in the Prometheus text
+exposition format; and the reference daemon's JSON bodies (``health()`` for ``/healthz``,
+``summary()`` for a ``/metrics`` that is not asked for text), built from the same readers
+as the gauges so that the two views never disagree. Label values are bounded sets chosen
 by the daemon (method names, outcomes, error codes): never ids, tokens or client input,
-so the number of series cannot be grown by a caller.
+so the number of series cannot be grown by a caller. What the daemon does not know is
+``null`` in the JSON (and no series in the text), never an invented zero.
 
-Must not: import HTTP code or services; services report into it through plain calls.
+Must not: import HTTP code or services; services report into it through plain calls, and
+the daemon hands it the readers of its vitals.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 LabelKey = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, uptime_s: Callable[[], float], active_sessions: Callable[[], int]) -> None:
+        """``active_sessions``: sessions whose runtime runs or will restart (the reference counts
+        its registered runtimes under the same name)."""
         self._lock = threading.Lock()
         self._counters: dict[str, dict[LabelKey, float]] = {}
         self._help: dict[str, tuple[str, str]] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._uptime_s = uptime_s
+        self._active_sessions = active_sessions
+        self.gauge("ccd_uptime_seconds", "Seconds since the daemon started", uptime_s)
+        self.gauge("ccd_sessions_active", "Sessions whose runtime runs or will restart", active_sessions)
+
+    def health(self) -> dict[str, Any]:
+        """The reference's ``/healthz`` fields. ``model`` is null: the daemon has no model of its
+        own, each session's runtime chooses one."""
+        return {"uptime_s": round(self._uptime_s(), 3), "model": None, "active_sessions": self._active_sessions()}
+
+    def summary(self) -> dict[str, Any]:
+        """The reference's JSON ``/metrics``. ``circuits`` is empty because the daemon has no
+        circuit breakers; ``daily_tokens`` and ``daily_cost_usd`` are null because it keeps no
+        sum of the usage its runtimes report (not yet: RFC 0001 §11)."""
+        return {**self.health(), "circuits": {}, "daily_tokens": None, "daily_cost_usd": None}
 
     def describe_counter(self, name: str, help_text: str) -> None:
         self._help[name] = ("counter", help_text)

@@ -173,6 +173,8 @@ class Registry:
         #: Service exceptions that mean something to a client, and the error each becomes.
         self._translations: dict[type[Exception], Callable[[Exception], RpcError | None]] = {}
         self._methods: dict[str, Method] = {}
+        #: Extra ``data`` of -32601 for a name no method has (why it is left out on purpose).
+        self.why_not_served: Callable[[str], dict[str, Any]] = lambda name: {}
 
     def add(self, method: Method) -> None:
         if method.name in self._methods:
@@ -332,7 +334,8 @@ class Dispatcher:
         """Run the method; its response object encoded (None for a notification)."""
         method = self.registry.get(method_name)
         if method is None:
-            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method_name}", {"method": method_name})
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method_name}",
+                           {"method": method_name, **self.registry.why_not_served(method_name)})
         try:
             # Binding too is guarded: whatever it meets, this request gets an answer, and a
             # batch's other requests theirs.

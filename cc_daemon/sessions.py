@@ -69,7 +69,7 @@ class SessionManager:
         with self._lock:
             if self._closed:
                 raise SessionNotAccepting("The daemon is shutting down", state="shutting_down")
-            live = sum(1 for session in self._sessions.values() if session.state in LIVE_STATES)
+            live = self._live_count_locked()
             if live >= self.limits.max_sessions:
                 raise SessionLimitReached(f"Too many sessions: {live} of {self.limits.max_sessions} are running; "
                                           "close one first", limit=self.limits.max_sessions)
@@ -94,6 +94,14 @@ class SessionManager:
         """Newest first."""
         with self._lock:
             return sorted(self._sessions.values(), key=lambda session: session.created_at, reverse=True)
+
+    def live_count(self) -> int:
+        """Sessions holding a slot of ``max_sessions``: their runtime runs or will restart."""
+        with self._lock:
+            return self._live_count_locked()
+
+    def _live_count_locked(self) -> int:
+        return sum(1 for session in self._sessions.values() if session.state in LIVE_STATES)
 
     def counts(self) -> dict[str, int]:
         """Sessions per state, for the daemon's status."""

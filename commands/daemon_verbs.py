@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
 from .common import add_connection, add_data_dir, fail
@@ -41,7 +42,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     logs = actions.add_parser("logs", help=f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
                               epilog="example: cheetahclaws daemon logs -n 100 -f")
     add_connection(logs)
-    logs.add_argument("-n", type=int, default=50, metavar="N", help="last N lines (default 50)")
+    logs.add_argument("-n", "--lines", dest="n", type=int, default=50, metavar="N", help="last N lines (default 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.set_defaults(run=run_logs)
 
@@ -58,44 +59,45 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     doctor.set_defaults(run=run_doctor)
 
 
-def daemon_info(args: argparse.Namespace) -> tuple[DataDir, dict | None, bool]:
-    """The data dir, its discovery record, and whether a live daemon holds its lock."""
+def daemon_info(args: argparse.Namespace) -> tuple[DataDir, discovery.Discovered | None, bool]:
+    """The data dir, its discovery record (ours or the reference's), and whether a live daemon
+    holds its lock."""
     layout = DataDir.resolve(args.data_dir)
-    info = read_json(layout.discovery_file)
+    found = discovery.parse(read_json(layout.discovery_file), layout.default_token_file)
     alive = InstanceLock(layout.lock_file).is_held_elsewhere()
-    return layout, info if isinstance(info, dict) else None, alive
+    return layout, found, alive
 
 
-def client_for(args: argparse.Namespace, info: dict):
+def client_for(args: argparse.Namespace, found: discovery.Discovered):
     from cc_daemon.client import Client, Endpoint
 
-    token_path = args.token_path or info.get("token_path")
+    token_path = args.token_path or found.token_path
     token = Path(token_path).read_text().strip() if token_path else None
-    endpoint = Endpoint.from_address(args.address or info["address"], token)
+    endpoint = Endpoint.from_address(args.address or found.address.url(), token)
     return Client(endpoint, kind="cli", client_id=None, timeout=5.0)
 
 
 def run_status(args: argparse.Namespace) -> int:
-    layout, info, alive = daemon_info(args)
-    if info is None and not alive:
+    layout, found, alive = daemon_info(args)
+    if found is None and not alive:
         return report(args, NOT_RUNNING, {"running": False, "data_dir": str(layout.root)}, "not running")
     if not alive:
         return report(args, DEAD_WITH_PIDFILE, {"running": False, "stale_discovery": str(layout.discovery_file),
-                                                "pid": info.get("pid")},
-                      f"not running (stale discovery file for dead pid {info.get('pid')})")
-    if info is None:
-        return report(args, UNKNOWN, {"running": True}, "a daemon holds the lock but wrote no discovery file")
+                                                "pid": found.pid},
+                      f"not running (stale discovery file for dead pid {found.pid})")
+    if found is None:
+        return report(args, UNKNOWN, {"running": True}, "a daemon holds the lock but wrote no usable discovery file")
     from cc_daemon.client import DaemonError
 
     try:
-        with client_for(args, info) as client:
+        with client_for(args, found) as client:
             started = time.perf_counter()
             pong = client.call("system.ping")
             ping_ms = (time.perf_counter() - started) * 1000
             status = client.call("system.status")
     except (DaemonError, OSError) as exc:
-        return report(args, UNKNOWN, {"running": True, "pid": info.get("pid"), "error": str(exc)},
-                      f"pid {info.get('pid')} holds the lock but does not answer: {exc}")
+        return report(args, UNKNOWN, {"running": True, "pid": found.pid, "error": str(exc)},
+                      f"pid {found.pid} holds the lock but does not answer: {exc}")
     status.update(running=True, ping=pong, ping_ms=round(ping_ms, 2))
     lines = [f"running: pid {status['pid']}, {status['transport']} {status['address']}",
              f"version: {status['version']} (api {status['api_version']}, python {status['python']})",
@@ -132,13 +134,13 @@ def format_duration(seconds: float) -> str:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    layout, info, alive = daemon_info(args)
+    layout, found, alive = daemon_info(args)
     if not alive:
         print("not running")
         return 0
     lock = InstanceLock(layout.lock_file)
-    pid = info.get("pid") if info else None
-    steps = [("system.shutdown", lambda: ask_shutdown(args, info)),
+    pid = found.pid if found else None
+    steps = [("system.shutdown", lambda: ask_shutdown(args, found)),
              ("SIGTERM", lambda: signal_pid(pid, signal.SIGTERM)),
              ("SIGKILL", lambda: signal_pid(pid, signal.SIGKILL))]
     for name, step in steps:
@@ -151,13 +153,13 @@ def run_stop(args: argparse.Namespace) -> int:
     return 1
 
 
-def ask_shutdown(args: argparse.Namespace, info: dict | None) -> bool:
+def ask_shutdown(args: argparse.Namespace, found: discovery.Discovered | None) -> bool:
     from cc_daemon.client import DaemonError
 
-    if info is None:
+    if found is None:
         return False
     try:
-        with client_for(args, info) as client:
+        with client_for(args, found) as client:
             client.call("system.shutdown")
         return True
     except (DaemonError, OSError) as exc:
@@ -238,12 +240,12 @@ def run_rotate(args: argparse.Namespace) -> int:
     from cc_daemon.auth import TokenStore
     from cc_daemon.client import DaemonError
 
-    layout, info, alive = daemon_info(args)
-    token_path = Path(args.token_path or (info or {}).get("token_path") or layout.default_token_file)
+    layout, found, alive = daemon_info(args)
+    token_path = Path(args.token_path or (found and found.token_path) or layout.default_token_file)
     rotated_live = False
-    if alive and info is not None and info.get("transport") == "tcp":
+    if alive and found is not None and found.address.scheme == "tcp":
         try:
-            with client_for(args, info) as client:
+            with client_for(args, found) as client:
                 rotated_live = client.call("system.rotate_token")["rotated"]
         except (DaemonError, OSError) as exc:
             fail(f"the running daemon did not rotate its token: {exc}", 1)

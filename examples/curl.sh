@@ -42,7 +42,8 @@ DISCOVERY="$DATA_DIR/daemon.json"
 
 # daemon.json is written pretty-printed, one key per line: a sed per field is enough.
 json_field() { sed -n "s/^ *\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" "$DISCOVERY" | head -n 1; }
-ADDRESS="$(json_field address)"
+# "url" is cc_daemon's own form of the address ("address" is the reference's, without a scheme).
+ADDRESS="$(json_field url)"
 case "$ADDRESS" in
   unix://*)
     TRANSPORT=unix
@@ -134,8 +135,10 @@ fi
 section "2. GET /healthz, /readyz, /metrics (authenticated like everything else)"
 step "$BASE/healthz"
 step "$BASE/readyz"
-show_command "$BASE/metrics"
-daemon_curl "$BASE/metrics" | grep -E '^(# TYPE|ccd_)' | sed -n '1,12p'
+step "$BASE/metrics"
+# Prometheus scrapers ask for text; without that Accept, /metrics answers the JSON above.
+show_command -H 'Accept: text/plain' "$BASE/metrics"
+daemon_curl -H 'Accept: text/plain' "$BASE/metrics" | grep -E '^(# TYPE|ccd_)' | sed -n '1,12p'
 echo "... (truncated)"
 
 # -- 3. plain calls -------------------------------------------------------------------------

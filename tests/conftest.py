@@ -78,7 +78,7 @@ def subprocess_daemon():
         process, info = spawn_daemon(root, *extra)
         processes.append(process)
         token = Path(info["token_path"]).read_text().strip() if info.get("token_path") else None
-        return Running(root, info["address"], token, process=process)
+        return Running(root, info["url"], token, process=process)
 
     yield start
     for process in processes:

@@ -78,6 +78,8 @@ def test_serve_status_logs_stop_on_unix(subprocess_daemon):
     assert oct(os.stat(os.path.dirname(socket_path)).st_mode & 0o777) == "0o700"
     logs = cli("daemon", "logs", "--data-dir", data_dir, "-n", "5")
     assert logs.returncode == 0 and "listening on" in logs.stdout
+    two = cli("daemon", "logs", "--data-dir", data_dir, "--lines", "2")  # the reference's spelling
+    assert two.returncode == 0 and len(two.stdout.splitlines()) == 2
     stop = cli("daemon", "stop", "--data-dir", data_dir)
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert daemon.process.wait(10) == 0

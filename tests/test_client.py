@@ -232,7 +232,7 @@ def test_gap_is_an_event_or_an_exception_and_iteration_continues(make_daemon):
         wait_for(lambda: running.daemon.bus.oldest_id() == newest - 3, message="retention to keep 4 events")
         gap = next(iter(client.events(0)))
         assert gap["type"] == "gap"
-        assert gap["data"] == {"missed_from": 1, "missed_to": newest - 4, "reason": "retention"}
+        assert gap["data"] == {"missed_from": 1, "missed_to": newest - 4, "reason": "retention_prune"}
         assert gap["id"] == newest - 4
         stream = client.events(0, raise_on_gap=True)
         with pytest.raises(EventGap) as raised:

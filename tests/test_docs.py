@@ -19,6 +19,7 @@ from cc_daemon.commands import build_parser
 from cc_daemon.eventlog import SqliteEventStore
 from cc_daemon.events import GAP, SHUTDOWN, EventBus
 from cc_daemon.methods.events import MAX_LIMIT
+from cc_daemon.methods.unserved import NOT_SERVED
 from cc_daemon.runtimes import protocol
 from cc_daemon.supervisor import PARK_EXIT_CODE, SupervisionConfig
 
@@ -142,6 +143,12 @@ def test_every_rpc_method_the_daemon_registers_is_named_in_an_rfc(tcp_daemon):
     text = all_rfc_text()
     undocumented = [name for name in names if f"`{name}`" not in text]
     assert not undocumented, f"methods missing from docs/RFC: {undocumented}"
+
+
+def test_the_reference_namespaces_left_out_are_the_ones_rfc_0001_lists():
+    section = sections((RFC_DIR / "0001-wire-contract.md").read_text(), 3)[
+        "10.3 Reference namespaces cc_daemon does not serve"]
+    assert {name for name, _ in TABLE_ROW_RE.findall(section)} == set(NOT_SERVED)
 
 
 def test_every_event_type_the_code_publishes_is_named_in_an_rfc():

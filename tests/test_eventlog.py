@@ -142,7 +142,7 @@ def test_ids_never_go_back_even_when_retention_removed_everything(tmp_path):
     store.close()
     store, bus = open_log(tmp_path / "daemon.db", clock=clock, retention_age_s=60)
     assert (store.last_id(), store.oldest_id()) == (5, 6)
-    assert drain(bus, 2) == [Gap(3, 5, "retention")]
+    assert drain(bus, 2) == [Gap(3, 5, "retention_prune")]
     assert bus.publish("x", {}).id == 6
     store.close()
 
@@ -155,7 +155,7 @@ def test_count_retention_prunes_a_prefix_in_small_steps(tmp_path):
     wait_for(lambda: store.oldest_id() == 201, message="pruned to the last 100")
     events = store.read_after(0, 1000)
     assert [e.id for e in events] == list(range(201, 301))
-    assert drain(bus, 0)[0] == Gap(1, 200, "retention")
+    assert drain(bus, 0)[0] == Gap(1, 200, "retention_prune")
     store.close()
 
 
@@ -542,7 +542,7 @@ class EventLogMachine(RuleBasedStateMachine):
         received = drain(self.bus, since, event_filter)
         first_kept = max(since + 1, self.oldest)
         if first_kept > since + 1:
-            assert received[0] == Gap(since + 1, first_kept - 1, "retention")
+            assert received[0] == Gap(since + 1, first_kept - 1, "retention_prune")
             received = received[1:]
         expected = [i for i, _, k, s in self.published[first_kept - 1:]
                     if (kind is None or k == kind) and (session is None or s == session)]
@@ -588,7 +588,7 @@ def test_replay_after_retention_starts_with_the_exact_gap(make_daemon):
     wait_for(lambda: running.rpc("events.query")["result"]["oldest_id"] == 16, message="pruned to the last 5")
     response, events = open_stream(running, "?since=3")
     gap, first = take(events, 2)
-    assert gap["type"] == "gap" and gap["data"] == {"missed_from": 4, "missed_to": 15, "reason": "retention"}
+    assert gap["type"] == "gap" and gap["data"] == {"missed_from": 4, "missed_to": 15, "reason": "retention_prune"}
     assert first["id"] == 16
     response.close()
 

@@ -92,7 +92,7 @@ def test_fails_clearly_without_a_daemon():
         assert result.returncode == 1
         assert f"no daemon runs for {empty}" in result.stderr
 
-        (empty / "daemon.json").write_text('{\n  "address": "unix://%s/gone.sock"\n}\n' % empty)
+        (empty / "daemon.json").write_text('{\n  "url": "unix://%s/gone.sock"\n}\n' % empty)
         result = run_script("--data-dir", str(empty))
         assert result.returncode == 1
         assert "no daemon answers there" in result.stderr

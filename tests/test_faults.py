@@ -236,7 +236,7 @@ def target():
     """One daemon for every fuzz test of the module (started once: the point is that it survives)."""
     root = short_tmpdir()
     process, info = spawn_daemon(root, "--listen", "tcp://127.0.0.1:0")
-    running = Running(root, info["address"], Path(info["token_path"]).read_text().strip(), process=process)
+    running = Running(root, info["url"], Path(info["token_path"]).read_text().strip(), process=process)
     drain_stderr(running)
     running.keep_alive = requests.Session()
     yield running

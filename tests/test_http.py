@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cc_daemon import __version__
 from cc_daemon.transport.guards import Refuser
 from cc_daemon.transport.servers import Limits
 from helpers.daemons import wait_for
@@ -66,15 +67,57 @@ def test_version_header_missing_or_wrong_is_426(daemon):
         assert daemon.get("/events", headers=headers).status_code == 426
 
 
+#: What Prometheus 2.x/3.x sends when it scrapes.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.6,application/openmetrics-text;"
+                     "version=0.0.1;q=0.5,text/plain;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+
+
 def test_health_endpoints(daemon):
-    assert daemon.get("/healthz").json()["status"] == "ok"
     ready = daemon.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     daemon.rpc("system.ping")
-    metrics = daemon.get("/metrics")
+    metrics = daemon.get("/metrics", headers=daemon.headers(Accept="text/plain"))
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert 'ccd_rpc_calls_total{method="system.ping",outcome="ok"}' in metrics.text
     assert "ccd_uptime_seconds" in metrics.text
+
+
+def test_healthz_and_json_metrics_carry_the_references_fields_with_honest_values(daemon, tmp_path):
+    health = daemon.get("/healthz").json()
+    assert health == {"status": "ok", "version": __version__, "uptime_s": health["uptime_s"], "model": None,
+                      "active_sessions": 0}
+    assert isinstance(health["uptime_s"], float) and health["uptime_s"] >= 0
+    summary = daemon.get("/metrics").json()
+    # Nothing the daemon does not know is given as a number: no model of its own, no
+    # circuit breakers, no per-day usage sum (yet).
+    assert summary == {"uptime_s": summary["uptime_s"], "model": None, "active_sessions": 0, "circuits": {},
+                       "daily_tokens": None, "daily_cost_usd": None}
+    assert summary["uptime_s"] >= health["uptime_s"]
+
+    session = daemon.rpc("session.create", {"runtime": "demo", "cwd": str(tmp_path)})["result"]["session_id"]
+    assert daemon.get("/healthz").json()["active_sessions"] == 1
+    assert daemon.get("/metrics").json()["active_sessions"] == 1
+    assert "\nccd_sessions_active 1\n" in daemon.get("/metrics", headers=daemon.headers(Accept="text/plain")).text
+    daemon.rpc("session.close", {"session_id": session})
+    assert daemon.get("/healthz").json()["active_sessions"] == 0
+
+
+@pytest.mark.parametrize("accept, exposition", [
+    (None, False), ("*/*", False), ("application/json", False), ("text/html,*/*;q=0.8", False),
+    ("text/plain", True), ("text/plain; version=0.0.4", True), ("application/openmetrics-text", True),
+    (PROMETHEUS_ACCEPT, True), ("application/json;q=0.9, text/plain;q=0.5", False),
+    ("text/plain;q=0.2, application/json;q=0.1", True), ("text/plain;q=0", False), ("text/plain;q=x", False),
+])
+def test_metrics_answer_json_or_the_exposition_format_as_accept_prefers(tcp_daemon, accept, exposition):
+    response = tcp_daemon.get("/metrics", headers=tcp_daemon.headers(Accept=accept))
+    assert response.status_code == 200 and response.headers["Vary"] == "Accept"
+    if exposition:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert "# TYPE ccd_uptime_seconds gauge" in response.text
+    else:
+        assert response.headers["Content-Type"] == "application/json"
+        assert set(response.json()) == {"uptime_s", "model", "active_sessions", "circuits", "daily_tokens",
+                                        "daily_cost_usd"}
 
 
 def test_unknown_path_404_and_wrong_method_405(daemon):

@@ -122,7 +122,7 @@ def test_gap_when_requested_ids_were_evicted(make_daemon):
     response, events = open_stream(daemon, "?since=3")
     gap, first = take(events, 2)
     assert gap["type"] == "gap"
-    assert gap["data"] == {"missed_from": 4, "missed_to": 24, "reason": "retention"}
+    assert gap["data"] == {"missed_from": 4, "missed_to": 24, "reason": "retention_prune"}
     assert gap["sse"].id == "24"
     assert first["id"] == 25
     response.close()

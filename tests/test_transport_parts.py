@@ -173,4 +173,4 @@ def test_a_new_endpoint_is_one_table_entry(make_daemon, monkeypatch):
     assert from_page.status_code == 200 and "Access-Control-Allow-Origin" not in from_page.headers
     preflight = daemon.http.options(daemon.base_url + "/echo", headers={"Origin": ORIGIN}, timeout=10)
     assert preflight.status_code == 405
-    assert 'ccd_http_requests_total{path="/echo"}' in daemon.get("/metrics").text
+    assert 'ccd_http_requests_total{path="/echo"}' in daemon.get("/metrics", headers=daemon.headers(Accept="text/plain")).text

@@ -3,17 +3,17 @@
 Owns: the ``Endpoint`` a client connects to (address, base URL, token) and reading the
 discovery file and the token it names.
 
-Must not: parse addresses itself (``transport.addresses`` is the one parser, for both
-ends) or send anything.
+Must not: parse addresses or discovery records itself (``transport.addresses`` and
+``discovery`` are the one parser of each, for both ends) or send anything.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from .. import discovery
 from ..storage import DataDir, read_json
 from ..transport.addresses import ListenAddress
 from .exceptions import DaemonError, NotRunning
@@ -37,17 +37,16 @@ class Endpoint:
 
 def discover(data_dir: str | os.PathLike[str] | None = None) -> tuple[Endpoint, dict[str, Any]]:
     """The endpoint of the daemon serving ``data_dir`` (default: ``$CHEETAHCLAWS_HOME`` or
-    ``~/.cheetahclaws``) and its discovery record; raises ``NotRunning`` without one."""
+    ``~/.cheetahclaws``) and its discovery record, in whichever form it was written (ours or
+    the reference daemon's); raises ``NotRunning`` without one."""
     layout = DataDir.resolve(data_dir)
-    info = read_json(layout.discovery_file)
-    if not isinstance(info, dict) or not isinstance(info.get("address"), str):
+    found = discovery.parse(read_json(layout.discovery_file), layout.default_token_file)
+    if found is None:
         raise NotRunning(f"no daemon discovery file at {layout.discovery_file}; is the daemon running?")
     token = None
-    if info.get("token_path"):
+    if found.token_path is not None:
         try:
-            token = Path(info["token_path"]).read_text().strip()
+            token = found.token_path.read_text().strip()
         except OSError as exc:
-            raise DaemonError(f"cannot read the daemon token at {info['token_path']}: {exc.strerror}") from None
-    return Endpoint.from_address(info["address"], token), info
-
-
+            raise DaemonError(f"cannot read the daemon token at {found.token_path}: {exc.strerror}") from None
+    return Endpoint.from_address(found.address.url(), token), found.record

@@ -47,9 +47,10 @@ class MethodContext:
 
 
 def build_registry(context: MethodContext) -> Registry:
-    from . import events, permission, session, system
+    from . import events, permission, session, system, unserved
 
     registry = Registry()
+    registry.why_not_served = unserved.why_not_served
     system.register(registry, context)
     permission.register(registry, context)
     events.register(registry, context)

@@ -26,6 +26,11 @@ MESSAGE_ID = {"type": "string", "minLength": 1, "maxLength": 128,
 #: What the kernel cannot take in a path, an argument or an environment variable: a NUL would
 #: end it (``Popen`` refuses it with a ValueError, after the session was announced).
 NO_NUL = r"^[^\u0000]*$"
+#: The reference's session.send names its source with a free-form label ("telegram", "api").
+#: Accepted so that its clients work, and ignored: here the source of a turn is its
+#: originator, the authenticated caller (``X-Client-Kind`` says what kind of client it is);
+#: a label anyone may write can carry no authority over who answers the turn's requests.
+ORIGIN = {"type": "string", "maxLength": 200, "description": "accepted for the reference's clients, ignored"}
 SESSION = {"type": "object", "required": ["session_id", "state", "runtime", "cwd", "mode", "owner"],
            "properties": {"state": {"enum": list(STATES)}}}
 BY_ID = object_schema({"session_id": SESSION_ID}, ("session_id",))
@@ -88,7 +93,7 @@ def register(registry: Registry, context: MethodContext) -> None:
         "session.send",
         summary="Queue a turn; answers at once with its ids, output follows as events.",
         params=object_schema({"session_id": SESSION_ID, "text": {"type": "string", "minLength": 1, "maxLength": 200000},
-                              "message_id": MESSAGE_ID}, ("session_id", "text")),
+                              "message_id": MESSAGE_ID, "origin": ORIGIN}, ("session_id", "text")),
         result=object_schema({"session_id": SESSION_ID, "turn_id": TURN_ID, "message_id": MESSAGE_ID},
                              ("session_id", "turn_id", "message_id")),
         errors=(NOT_FOUND, NOT_ACCEPTING, ErrorSpec(TURN_QUEUE_FULL, "too many turns queued")))

@@ -19,8 +19,10 @@ VERSION_RESULT = {
 
 
 def register(registry: Registry, context: MethodContext) -> None:
-    @registry.method("system.ping", summary="Liveness check; answers \"pong\".",
-                     result={"const": "pong"})
+    # Any params are accepted and ignored, as the reference does: a liveness check that a
+    # client's extra field could fail would report a live daemon as down.
+    @registry.method("system.ping", summary="Liveness check; answers \"pong\" whatever the params.",
+                     params={"type": "object"}, positional=(), result={"const": "pong"})
     def ping(call: Call) -> str:
         return "pong"
 

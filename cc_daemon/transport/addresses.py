@@ -70,9 +70,12 @@ class ListenAddress:
         return cls("tcp", host=host, port=port)
 
     def url(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        return f"tcp://{self._host_port()}"
+        return f"{self.scheme}://{self.without_scheme()}"
+
+    def without_scheme(self) -> str:
+        """``HOST:PORT`` (``[::1]:PORT`` for IPv6) or the socket path: the form the reference's
+        discovery file gives, next to its ``transport``."""
+        return (self.path or "") if self.scheme == "unix" else self._host_port()
 
     def base_url(self) -> str:
         """The URL prefix of the daemon's endpoints for ``requests`` (with ``requests-unixsocket``

@@ -2,7 +2,8 @@
 
 Owns: ``ROUTES``, every path with its methods, its handler and its policy (a new endpoint
 is one entry there); what each path answers: /rpc (the body to the JSON-RPC dispatcher),
-/events (the SSE response head, then the stream), /healthz, /readyz and /metrics.
+/events (the SSE response head, then the stream), /healthz, /readyz and /metrics (JSON or
+the Prometheus text format, as ``Accept`` prefers).
 
 Must not: parse HTTP, or decide auth, the API version or CORS: the request handler applies
 a route's policy before calling its handler. It reaches services through ``Services``.
@@ -82,7 +83,7 @@ def first(values: list[str] | None) -> str | None:
 
 
 def serve_health(request: RequestHandler) -> None:
-    request.respond(200, {"status": "ok", "version": __version__})
+    request.respond(200, {"status": "ok", "version": __version__, **request.server.services.metrics.health()})
 
 
 def serve_readiness(request: RequestHandler) -> None:
@@ -91,8 +92,39 @@ def serve_readiness(request: RequestHandler) -> None:
 
 
 def serve_metrics(request: RequestHandler) -> None:
-    request.respond_bytes(200, request.server.services.metrics.render().encode(),
-                          "text/plain; version=0.0.4; charset=utf-8")
+    metrics = request.server.services.metrics
+    vary = (("Vary", "Accept"),)
+    if wants_exposition(request.headers.get("Accept")):
+        request.respond_bytes(200, metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8",
+                              extra_headers=vary)
+    else:
+        request.respond(200, metrics.summary(), extra_headers=vary)
+
+
+#: What Prometheus asks for (OpenMetrics first, then the text format): both get the text
+#: format 0.0.4, which Prometheus reads whatever it listed first.
+EXPOSITION_TYPES = frozenset({"text/plain", "application/openmetrics-text"})
+
+
+def wants_exposition(accept: str | None) -> bool:
+    """Whether ``Accept`` prefers the exposition format to JSON. JSON is the default (no header,
+    ``*/*``): the reference's clients read ``/metrics`` as JSON and send no ``Accept``."""
+    exposition = as_json = 0.0  # the best quality each is asked for with
+    for item in (accept or "").split(","):
+        media, *parameters = (part.strip().lower() for part in item.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media in EXPOSITION_TYPES:
+            exposition = max(exposition, quality)
+        elif media == "application/json":
+            as_json = max(as_json, quality)
+    return exposition > as_json
 
 
 ROUTES: dict[str, Route] = {

@@ -92,8 +92,9 @@ class Running:
 
 
 
-def in_process(transport: str, **option_overrides) -> Iterator[Running]:
-    root = short_tmpdir()
+def in_process(transport: str, root: Path | None = None, **option_overrides) -> Iterator[Running]:
+    """A daemon in this process whose data dir is ``root`` (default: a new short temp dir)."""
+    root = root or short_tmpdir()
     layout = DataDir(root)
     listen = (ListenAddress.unix(layout.default_socket) if transport == "unix"
               else ListenAddress.parse("tcp://127.0.0.1:0"))
