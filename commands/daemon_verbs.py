@@ -26,37 +26,51 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
-    status = actions.add_parser("status", help="is the daemon running? (exit 0 yes, 3 no; LSB codes)",
-                                epilog="example: cheetahclaws daemon status --json")
+    status = action(actions, "status", "is the daemon running? (LSB status codes)",
+                    "cheetahclaws daemon status --json",
+                    f"{RUNNING} running and answering; {DEAD_WITH_PIDFILE} not running, but a discovery file "
+                    f"names a dead pid; {NOT_RUNNING} not running; {UNKNOWN} cannot tell (a daemon holds the "
+                    "lock but does not answer, or wrote no usable discovery file)")
     add_connection(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(run=run_status)
 
-    stop = actions.add_parser("stop", help="stop gracefully (system.shutdown, then SIGTERM, then SIGKILL)",
-                              epilog="example: cheetahclaws daemon stop --grace-s 10")
+    stop = action(actions, "stop", "stop gracefully (system.shutdown, then SIGTERM, then SIGKILL)",
+                  "cheetahclaws daemon stop --grace-s 10",
+                  "0 stopped, or was not running; 1 still running after SIGKILL")
     add_connection(stop)
     stop.add_argument("--grace-s", type=float, default=10.0, metavar="S",
                       help="seconds to wait after each step before the next, harder one (default 10)")
     stop.set_defaults(run=run_stop)
 
-    logs = actions.add_parser("logs", help=f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
-                              epilog="example: cheetahclaws daemon logs -n 100 -f")
+    logs = action(actions, "logs", f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
+                  "cheetahclaws daemon logs -n 100 -f", "0 printed (with -f: until Ctrl-C); 1 no log file")
     add_connection(logs)
     logs.add_argument("-n", "--lines", dest="n", type=int, default=50, metavar="N", help="last N lines (default 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.set_defaults(run=run_logs)
 
-    rotate = actions.add_parser("rotate-token", help="replace the TCP bearer token (takes effect at once)",
-                                epilog="example: cheetahclaws daemon rotate-token --print-token")
+    rotate = action(actions, "rotate-token", "replace the TCP bearer token (a running daemon uses the new one at once)",
+                    "cheetahclaws daemon rotate-token --print-token",
+                    "0 rotated (the output says whether a running daemon was told, or only the file changed "
+                    "because none runs); 1 the running daemon did not rotate")
     add_connection(rotate)
     rotate.add_argument("--print-token", action="store_true", help="print the new token")
     rotate.set_defaults(run=run_rotate)
 
-    doctor = actions.add_parser("doctor", help=f"check {HELP_DATA_DIR.database} with SQLite's integrity check "
-                                               "(exit 0 sound, 1 problems); safe while the daemon runs",
-                                epilog="example: cheetahclaws daemon doctor --data-dir ~/.cheetahclaws")
+    doctor = action(actions, "doctor", f"check {HELP_DATA_DIR.database} with SQLite's integrity check; "
+                                       "safe while the daemon runs",
+                    "cheetahclaws daemon doctor --data-dir ~/.cheetahclaws", "0 sound; 1 problems found")
     add_data_dir(doctor)
     doctor.set_defaults(run=run_doctor)
+
+
+def action(actions: argparse._SubParsersAction, name: str, summary: str, example: str,
+           codes: str) -> argparse.ArgumentParser:
+    """A ``daemon`` action whose --help ends with an example and its exit codes."""
+    return actions.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
+                              epilog=f"example:\n  {example}\n\nexit codes: {codes}; 2 bad usage.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def daemon_info(args: argparse.Namespace) -> tuple[DataDir, discovery.Discovered | None, bool]:
@@ -249,9 +263,14 @@ def run_rotate(args: argparse.Namespace) -> int:
                 rotated_live = client.call("system.rotate_token")["rotated"]
         except (DaemonError, OSError) as exc:
             fail(f"the running daemon did not rotate its token: {exc}", 1)
-    if not rotated_live:
+    if rotated_live:
+        print(f"token rotated: the running daemon uses the new one now ({token_path})")
+    else:
         TokenStore(token_path).rotate()
-    print(f"token rotated ({'running daemon updated' if rotated_live else 'file only'}): {token_path}")
+        why = ("no daemon is running" if not alive
+               else "the running daemon listens on a Unix socket and uses no token")
+        print(f"token rotated in {token_path} only: {why}, so no daemon was told; "
+              "a daemon started with this data dir will use it")
     if args.print_token:
         print(token_path.read_text().strip())
     return 0

@@ -18,7 +18,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "serve", help="run the daemon in the foreground",
         description="Run the daemon in the foreground until SIGTERM, Ctrl-C or system.shutdown.",
-        epilog="example: cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token",
+        epilog="example:\n  cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token\n\n"
+               "exit codes: 0 stopped cleanly (SIGTERM, Ctrl-C, system.shutdown, daemon stop); 2 bad usage, or "
+               "cannot start (address in use, another daemon on the data dir, an unsafe path: the message "
+               "names it and the fix).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", metavar="URL",
                         help="unix:///abs/path.sock or tcp://HOST:PORT (port 0 picks a free port); "

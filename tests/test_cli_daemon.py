@@ -194,3 +194,26 @@ def test_default_data_dir_from_environment():
         assert proc.wait(10) == 0
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("verb", ["serve", "daemon status", "daemon stop", "daemon logs", "daemon rotate-token",
+                                  "daemon doctor"])
+def test_serve_and_every_daemon_action_document_an_example_and_their_exit_codes(verb):
+    words = [*verb.split(), "--help"]
+    text = " ".join(cli(*words).stdout.split())
+    assert f"cheetahclaws {verb}" in text.split("example", 1)[1], text
+    assert "exit codes:" in text and "2 bad usage" in text
+
+
+def test_status_documents_every_lsb_code_it_returns():
+    text = " ".join(cli("daemon", "status", "--help").stdout.split())
+    for code in ("0 running", "1 not running, but a discovery file names a dead pid", "3 not running",
+                 "4 cannot tell"):
+        assert code in text, text
+
+
+def test_rotate_token_without_a_daemon_says_no_daemon_was_told(tmp_path):
+    result = cli("daemon", "rotate-token", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "no daemon is running, so no daemon was told" in result.stdout
+    assert len((tmp_path / "daemon_token").read_text().strip()) >= 32
