@@ -1,7 +1,7 @@
 """The daemon: composes the services, owns the process lifecycle.
 
-Owns: start-up order (single-instance lock, stale-file clean-up, token, bind, discovery
-file), the serving thread, signal handling and the graceful stop (in-flight requests
+Owns: start-up order (a TCP bind before anything is written, single-instance lock, a Unix
+bind, stale-file clean-up, log, database, token, discovery file), the serving thread, signal handling and the graceful stop (in-flight requests
 finish, every SSE subscriber gets ``shutdown``, files the daemon created are removed).
 
 Must not: implement any service or endpoint itself; it only wires them together.
@@ -39,7 +39,7 @@ from .supervisor import SupervisionConfig
 from .throttle import Throttle
 from .timers import Scheduler
 from .transport.addresses import ListenAddress
-from .transport.servers import Limits, Services, make_server
+from .transport.servers import Limits, Services, bind_server
 
 log = logging.getLogger("cc_daemon")
 
@@ -103,23 +103,54 @@ class Daemon:
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Acquire the data dir, bind, and serve in a background thread."""
+        """Bind, acquire the data dir, and serve in a background thread.
+
+        What can fail without touching the data dir is tried first: a TCP port that is taken
+        refuses the start before any directory, lock, log or database exists (a Unix socket
+        lives in the data dir by default, and removing a stale one needs the lock, so it is
+        bound right after the lock)."""
         options = self.options
         if options.listen.scheme == "tcp" and not options.allow_remote and not options.listen.is_loopback():
             raise StartupError(f"{options.listen.url()} is not a loopback address; the daemon has no TLS, "
                                "so listening there needs --allow-remote")
-        self.data_dir.ensure()
+        if options.listen.scheme == "tcp":
+            self._bind()
         try:
-            self._lock.acquire()
-        except AlreadyRunning:
-            first = discovery.parse(read_json(self.data_dir.discovery_file), self.data_dir.default_token_file)
-            raise StartupError(f"a daemon is already running for {self.data_dir.root} "
-                               f"(pid {first.pid if first else '?'}, {first.address.url() if first else '?'})") from None
+            self.data_dir.ensure()
+            try:
+                self._lock.acquire()
+            except AlreadyRunning:
+                first = discovery.parse(read_json(self.data_dir.discovery_file), self.data_dir.default_token_file)
+                raise StartupError(f"a daemon is already running for {self.data_dir.root} "
+                                   f"(pid {first.pid if first else '?'}, "
+                                   f"{first.address.url() if first else '?'})") from None
+        except BaseException:
+            self._close_unattached_server()
+            raise
         try:
+            if self._server is None:
+                self._bind()
             self._start_locked()
         except BaseException:
+            self._close_unattached_server()
             self._release()
             raise
+
+    def _bind(self) -> None:
+        try:
+            self._server = bind_server(self.options.listen)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.options.listen.url()}: {exc.strerror or exc}") from None
+        self.address = self._bound_address()
+        if self.address.scheme == "unix":
+            st = os.stat(self.address.path or "")
+            self._socket_identity = (st.st_dev, st.st_ino)
+
+    def _close_unattached_server(self) -> None:
+        if self._server is not None and self._serve_thread is None:
+            self._server.server_close()
+            self._server = None
+            self._remove_own_socket()
 
     def _start_locked(self) -> None:
         options = self.options
@@ -165,14 +196,7 @@ class Daemon:
         services = Services(authenticator, self.clients, self.dispatcher, self.bus, self.metrics, limits,
                             readiness=self.readiness, unauthenticated_metrics=options.unauthenticated_metrics)
         self._describe_metrics()
-        try:
-            self._server = make_server(options.listen, services)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {options.listen.url()}: {exc.strerror or exc}") from None
-        self.address = self._bound_address()
-        if self.address.scheme == "unix":
-            st = os.stat(self.address.path or "")
-            self._socket_identity = (st.st_dev, st.st_ino)
+        self._server.attach(services)
         self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                               name="ccd-accept", daemon=True)
         self._serve_thread.start()
@@ -343,6 +367,12 @@ class Daemon:
         self._stopped.set()
 
     def _remove_own_files(self) -> None:
+        self._remove_own_socket()
+        remove_quietly(self.data_dir.discovery_file)
+        remove_quietly(self.data_dir.pid_file)
+
+    def _remove_own_socket(self) -> None:
+        """Unlink our socket, but not one another daemon bound at the same path since."""
         if self._socket_identity is not None:
             path = Path(self.address.path or "")
             try:
@@ -351,8 +381,6 @@ class Daemon:
                     path.unlink()
             except FileNotFoundError:
                 pass
-        remove_quietly(self.data_dir.discovery_file)
-        remove_quietly(self.data_dir.pid_file)
 
     def _release(self) -> None:
         if self.event_log is not None:

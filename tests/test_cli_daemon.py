@@ -139,6 +139,32 @@ def test_socket_path_owned_by_something_else_is_never_unlinked():
     assert regular.read_text() == "precious"
 
 
+def test_a_port_in_use_refuses_the_start_before_anything_is_written():
+    """Issue 13 item 10: the bind is tried first, so a taken port leaves no data dir (no
+    lock, log, token or migrated database) behind for the user to wonder about."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    data_dir = short_tmpdir() / "d"
+    try:
+        result = cli("serve", "--data-dir", str(data_dir), "--listen", f"tcp://127.0.0.1:{taken.getsockname()[1]}")
+    finally:
+        taken.close()
+    assert result.returncode == 2 and "cannot listen on tcp://127.0.0.1:" in result.stderr
+    assert not data_dir.exists()
+
+
+def test_a_start_that_fails_after_the_unix_bind_leaves_no_socket(tmp_path):
+    """A database that cannot be opened fails the start after the socket was bound: the
+    socket goes with it, and the next start is not met by a leftover."""
+    root = short_tmpdir()
+    (root / "daemon.db").mkdir(parents=True)  # a directory where the database file goes
+    result = cli("serve", "--data-dir", str(root))
+    assert result.returncode == 2
+    assert not (root / "run" / "daemon.sock").exists()
+    assert not (root / "daemon.json").exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_stop_gracefully_with_exit_0(subprocess_daemon, sig):
     daemon = subprocess_daemon("--listen", "tcp://127.0.0.1:0")

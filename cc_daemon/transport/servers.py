@@ -73,7 +73,11 @@ class DaemonServerMixin:
     services: Services
     reaper: Reaper
 
-    def init_daemon_server(self, services: Services) -> None:
+    def attach(self, services: Services) -> None:
+        """Give the bound listener what it serves with; call before ``serve_forever``.
+
+        Binding comes first and apart, so that a daemon that cannot listen (the port is
+        taken) finds out before it has created or migrated anything in its data dir."""
         self.services = services
         self.reaper = Reaper()
         self.refuser = Refuser()
@@ -112,6 +116,8 @@ class DaemonServerMixin:
 
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]
+        if not hasattr(self, "services"):
+            return  # bound, never attached: the start failed after the bind
         self.reaper.stop()
         self.refuser.stop()
         self.live_tail.stop()
@@ -134,9 +140,8 @@ class DaemonServerMixin:
 class TcpServer(DaemonServerMixin, socketserver.TCPServer):
     transport = "tcp"
 
-    def __init__(self, address: ListenAddress, services: Services):
+    def __init__(self, address: ListenAddress):
         self.address_family = address.family
-        self.init_daemon_server(services)
         socketserver.TCPServer.__init__(self, address.sockaddr(), RequestHandler)
 
     def server_bind(self) -> None:
@@ -148,8 +153,7 @@ class UnixServer(DaemonServerMixin, socketserver.UnixStreamServer):
     transport = "unix"
     allow_reuse_address = False
 
-    def __init__(self, path: Path, services: Services):
-        self.init_daemon_server(services)
+    def __init__(self, path: Path):
         prepare_socket_path(path)
         # Bind under a umask so the socket is 0600 from the start, not after a chmod.
         old_umask = os.umask(0o177)
@@ -197,7 +201,8 @@ def prepare_socket_path(path: Path) -> None:
     raise SocketInUse(f"another process is listening on {path}")
 
 
-def make_server(address: ListenAddress, services: Services) -> TcpServer | UnixServer:
+def bind_server(address: ListenAddress) -> TcpServer | UnixServer:
+    """A listener bound to ``address``, accepting into its backlog; ``attach`` it to serve."""
     if address.scheme == "unix":
-        return UnixServer(Path(address.path or ""), services)
-    return TcpServer(address, services)
+        return UnixServer(Path(address.path or ""))
+    return TcpServer(address)
