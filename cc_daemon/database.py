@@ -19,6 +19,8 @@ import sqlite3
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .safe_paths import check_existing_file
+
 log = logging.getLogger("cc_daemon.database")
 
 #: ``normal``: a committed transaction survives a crash or ``kill -9`` of the daemon (the OS
@@ -56,6 +58,8 @@ def open_database(path: Path, *, synchronous: str = "normal", read_only: bool = 
                                  check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             db.execute("PRAGMA query_only = ON")
             return db
+        for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            check_existing_file(existing)  # planted by another user, or a symlink out of the dir
         try:  # private from its first byte
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:

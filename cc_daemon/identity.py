@@ -41,6 +41,7 @@ from typing import Callable
 from .events import Originator
 from .lru import remember
 from .records import RecordsNotStored, RecordTable
+from .safe_paths import read_private
 from .storage import atomic_write
 
 log = logging.getLogger("cc_daemon.identity")
@@ -239,7 +240,7 @@ class ClientRegistry:
 def load_or_create_key(path: Path) -> bytes:
     """A 32-byte secret kept in ``path`` (0600), created on first use."""
     try:
-        key = path.read_bytes()
+        key = read_private(path, secret=True)
         if len(key) == 32:
             return key
     except FileNotFoundError:

@@ -94,6 +94,27 @@ def check_file(fd: int, path: Path, *, secret: bool = False) -> os.stat_result:
     """Refuse the file open on ``fd`` unless it is a regular file of ours that others cannot
     write (nor read, for a ``secret``); returns its ``fstat``."""
     info = os.fstat(fd)
+    _check_file_info(info, path, secret)
+    return info
+
+
+def check_existing_file(path: Path) -> None:
+    """Refuse a file already at ``path`` that ``check_file`` would refuse, judged by ``lstat``.
+
+    For files that must only be opened by their library: SQLite's database, whose POSIX
+    locks this process would lose if any other descriptor of it were closed. A check on the
+    path is sound here only because its directory passed ``check_dir`` first: nobody else
+    can put or swap an entry in a directory only we can write to. A missing file passes."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(path, "it is a symbolic link", "remove it")
+    _check_file_info(info, path, secret=False)
+
+
+def _check_file_info(info: os.stat_result, path: Path, secret: bool) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(path, "it is not a regular file", "remove it")
     problem = _owner_problem(info)
@@ -105,7 +126,6 @@ def check_file(fd: int, path: Path, *, secret: bool = False) -> os.stat_result:
         fix = f"run: chmod 600 {path}" if secret else f"run: chmod go-w {path}"
         raise UnsafePath(path, f"it is {'accessible' if secret else 'writable'} by group or others "
                                f"(mode {mode:04o})", fix)
-    return info
 
 
 def open_private(path: Path, flags: int, mode: int = 0o600, *, secret: bool = False) -> int:

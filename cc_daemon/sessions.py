@@ -26,7 +26,8 @@ from .permissions import PermissionRequest, PermissionStore
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
 from .session import (ENDED_STATES, LIVE_STATES, STATES, PolicyIdentity, Session, SessionLimits, SessionNotAccepting,
                       SessionRefused, SessionServices, SessionSpec, new_id)
-from .storage import DataDir, make_private_dir
+from .safe_paths import make_private_dir
+from .storage import DataDir
 from .supervisor import Runner, SupervisionConfig, Supervisor, child_env
 from .timers import Scheduler
 

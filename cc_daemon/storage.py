@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .safe_paths import make_private_dir, open_private
+
 DATA_DIR_ENV = "CHEETAHCLAWS_HOME"
 
 
@@ -107,18 +109,10 @@ class DataDir:
         return self.clients_dir / "attach" / f"{kind}.{session_id}"
 
     def ensure(self) -> None:
-        """Create the directories the daemon writes to, private to the current user."""
+        """Create the directories the daemon writes to, private to the current user; one that
+        another user prepared (or that others may write to) is refused (``UnsafePath``)."""
         for directory in (self.root, self.run_dir, self.logs_dir):
             make_private_dir(directory)
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 for the parts we create.
-
-    Existing directories are left with their mode: chmod-ing a directory the user chose
-    (say ``/tmp``) would be a surprise, and the socket's own mode protects it anyway.
-    """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -185,7 +179,9 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Not followed if it is a symlink, even a dangling one: opening with O_CREAT would
+        # otherwise create the target, wherever another user pointed it.
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -235,7 +231,8 @@ class PrivateRotatingFileHandler(logging.FileHandler):
         self.backup_count = backupCount
 
     def _open(self):
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # A log planted as a symlink to another file of the owner must not be appended to.
+        fd = open_private(Path(self.baseFilename), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:

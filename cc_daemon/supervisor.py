@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import subprocess
 
 from .runtimes.protocol import LineSplitter, Oversized
+from .safe_paths import make_private_dir, open_private
 from .timers import Scheduler, TimerHandle
 from .transitions import Transitions
 
@@ -254,7 +255,7 @@ class StderrLog:
         self.path = path
         self._lock = threading.Lock()
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(path.parent)
 
     def note(self, text: str) -> None:
         """A line of our own (a spawn or exit marker), in the file only."""
@@ -275,7 +276,7 @@ class StderrLog:
             try:
                 if self.path.exists() and self.path.stat().st_size + len(data) > STDERR_LOG_MAX_BYTES:
                     os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 try:
                     os.write(fd, data)
                 finally:

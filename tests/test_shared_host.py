@@ -85,3 +85,63 @@ def test_a_token_file_swapped_while_running_is_not_followed(subprocess_daemon, s
     theirs = {**daemon.headers(), "Authorization": "Bearer " + "b" * 43}
     assert daemon.post({"jsonrpc": "2.0", "method": "system.ping", "id": 1}, headers=theirs).status_code == 401
     assert daemon.rpc("system.ping")["result"] == "pong"  # the owner's token still works
+
+
+@as_root
+def test_a_data_dir_another_user_created_is_refused_and_nothing_runs_as_the_owner():
+    """The scenario of the finding: B made the data dir 0777 with a token of B's own."""
+    data_dir = short_tmpdir() / "shared"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
+    os.chown(data_dir, B, B)
+    planted_token(data_dir / "daemon_token")
+    result = serve(data_dir)
+    assert result.returncode == 2
+    assert f"refusing to use {data_dir}: it is owned by uid {B}" in result.stderr
+    assert sorted(p.name for p in data_dir.iterdir()) == ["daemon_token"]  # nothing written into it
+
+
+def test_a_data_dir_others_can_write_is_refused_with_the_fix():
+    data_dir = short_tmpdir() / "open"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
+    result = serve(data_dir)
+    assert result.returncode == 2 and f"run: chmod go-w {data_dir}" in result.stderr
+    assert list(data_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("planted", ["logs/auth.jsonl", "logs/daemon.log", "run/daemon.lock", "daemon.db",
+                                     "daemon.db-wal", "identity_key"])
+def test_a_symlink_planted_where_the_daemon_writes_is_never_followed(planted):
+    """A dangling link must not create its target, a live one must not be written through:
+    here the target stands for a 0600 file of the owner that B wants to overwrite."""
+    data_dir = short_tmpdir()
+    for directory in ("logs", "run"):
+        (data_dir / directory).mkdir(mode=0o700)
+    dangling, owners_file = data_dir.parent / f"{data_dir.name}-created", data_dir.parent / f"{data_dir.name}-own"
+    owners_file.write_text("the owner's\n")
+    owners_file.chmod(0o600)
+    for target in (dangling, owners_file):
+        link = data_dir / planted
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        result = serve(data_dir)
+        assert result.returncode == 2, result.stderr
+        assert f"refusing to use {link}: it is a symbolic link" in result.stderr
+    assert not dangling.exists()
+    assert owners_file.read_text() == "the owner's\n"
+
+
+@as_root
+@pytest.mark.parametrize("planted", ["logs/auth.jsonl", "run/daemon.lock", "daemon.db", "identity_key"])
+def test_a_file_another_user_planted_in_the_data_dir_is_refused(planted):
+    data_dir = short_tmpdir()
+    for directory in ("logs", "run"):
+        (data_dir / directory).mkdir(mode=0o700)
+    path = data_dir / planted
+    path.write_bytes(b"")
+    path.chmod(0o600)
+    os.chown(path, B, B)
+    result = serve(data_dir)
+    assert result.returncode == 2
+    assert f"refusing to use {path}: it is owned by uid {B}" in result.stderr
