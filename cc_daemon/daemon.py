@@ -34,7 +34,7 @@ from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .session import SessionLimits
 from .sessions import SessionManager
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
-                      atomic_write_json, read_json, remove_quietly)
+                      atomic_write_json, identity_of, read_json, remove_if_unchanged, remove_quietly)
 from .supervisor import SupervisionConfig
 from .throttle import Throttle
 from .timers import Scheduler
@@ -83,6 +83,9 @@ class DaemonOptions:
 
 
 class Daemon:
+    #: How often the data dir's identity is checked: the longest a deleted data dir goes unnoticed.
+    STORAGE_CHECK_S = 1.0
+
     def __init__(self, options: DaemonOptions):
         self.options = options
         self.data_dir = options.data_dir
@@ -94,7 +97,11 @@ class Daemon:
         self._lock = InstanceLock(self.data_dir.lock_file)
         self._server = None
         self._serve_thread: threading.Thread | None = None
-        self._socket_identity: tuple[int, int] | None = None
+        #: What this daemon put in place (its socket, pid and discovery files) and their
+        #: identities: it removes them at stop only if they are still the ones it made.
+        self._own_files: dict[Path, tuple[int, int] | None] = {}
+        #: The data dir and the database as they were at start; see ``_check_data_dir``.
+        self._storage_identity: list[tuple[Path, tuple[int, int] | None]] = []
         self._log_handler: logging.Handler | None = None
         self.event_log: SqliteEventStore | None = None
         self._runtime_infos: list[RuntimeInfo] | None = None
@@ -143,14 +150,14 @@ class Daemon:
             raise StartupError(f"cannot listen on {self.options.listen.url()}: {exc.strerror or exc}") from None
         self.address = self._bound_address()
         if self.address.scheme == "unix":
-            st = os.stat(self.address.path or "")
-            self._socket_identity = (st.st_dev, st.st_ino)
+            socket_path = Path(self.address.path or "")
+            self._own_files[socket_path] = identity_of(socket_path)
 
     def _close_unattached_server(self) -> None:
         if self._server is not None and self._serve_thread is None:
             self._server.server_close()
             self._server = None
-            self._remove_own_socket()
+            self._remove_own_files()
 
     def _start_locked(self) -> None:
         options = self.options
@@ -203,6 +210,8 @@ class Daemon:
         self._write_discovery()
         self._repeat(5.0, self.clients.flush)  # client ids a failed write left unsaved
         self._repeat(1.0, self.audit.flush)  # the counts of a flood that has stopped
+        self._storage_identity = [(path, identity_of(path)) for path in (self.data_dir.root, self.data_dir.database)]
+        self._repeat(self.STORAGE_CHECK_S, self._check_data_dir)
         if self.tokens is not None:
             self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True
@@ -243,6 +252,8 @@ class Daemon:
                                  token_path=self.options.resolved_token_path if self.tokens else None)
         atomic_write(self.data_dir.pid_file, f"{os.getpid()}\n".encode())
         atomic_write_json(self.data_dir.discovery_file, record)
+        for path in (self.data_dir.pid_file, self.data_dir.discovery_file):
+            self._own_files[path] = identity_of(path)
 
     def _attach_log_file(self) -> None:
         handler = PrivateRotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
@@ -254,6 +265,17 @@ class Daemon:
         if package_logger.level == logging.NOTSET or package_logger.level > handler.level:
             package_logger.setLevel(handler.level)
         self._log_handler = handler
+
+    def _check_data_dir(self) -> None:
+        """Notice a data dir (or database) deleted or replaced under the running daemon.
+
+        SQLite goes on committing into an unlinked file without an error, so without this the
+        daemon would acknowledge events that the next start cannot find. Once noticed, the
+        event log refuses every publish (-32003) and ``/readyz`` answers 503 until a restart."""
+        for path, identity in self._storage_identity:
+            if identity_of(path) != identity:
+                self.event_log.mark_lost(f"{path} was removed or replaced while the daemon was running")
+                return
 
     def _repeat(self, interval_s: float, job: Callable[[], object]) -> None:
         """Run ``job`` on the timer thread every ``interval_s`` until the daemon stops; a run
@@ -367,20 +389,9 @@ class Daemon:
         self._stopped.set()
 
     def _remove_own_files(self) -> None:
-        self._remove_own_socket()
-        remove_quietly(self.data_dir.discovery_file)
-        remove_quietly(self.data_dir.pid_file)
-
-    def _remove_own_socket(self) -> None:
-        """Unlink our socket, but not one another daemon bound at the same path since."""
-        if self._socket_identity is not None:
-            path = Path(self.address.path or "")
-            try:
-                st = path.lstat()
-                if (st.st_dev, st.st_ino) == self._socket_identity:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+        for path, identity in self._own_files.items():
+            remove_if_unchanged(path, identity)
+        self._own_files.clear()
 
     def _release(self) -> None:
         if self.event_log is not None:

@@ -48,6 +48,10 @@ class QueryPage:
 
 
 # -- the store ------------------------------------------------------------------------------
+class StorageLost(OSError):
+    """The log's file is no longer the one at its path (deleted with its data dir, or replaced)."""
+
+
 class SqliteEventStore:
     """An ``EventStore`` keeping every event in SQLite; an event is visible once committed.
 
@@ -134,6 +138,8 @@ class SqliteEventStore:
         # Sized by ``memory_of``; it never holds anything older than this process's events.
         self._cache = EventCache(last, cache_events, cache_bytes, self.INITIAL_CACHE_SLOTS)
         self._failure: str | None = None
+        #: Set once the file behind the log is gone (its data dir deleted): never cleared.
+        self._lost: str | None = None
         self._retry_delay = self.MIN_RETRY_S
         self._prune_retry_at = 0.0
         self._commits = self._committed = 0  # since open: how well group commit batches
@@ -254,6 +260,10 @@ class SqliteEventStore:
         return True
 
     def _insert(self, rows: list[Row], retrying: bool) -> None:
+        if self._lost is not None:
+            # SQLite would commit into the unlinked file without complaint; acknowledging
+            # that would be a lie, since the next start cannot find it.
+            raise StorageLost(self._lost)
         db = self._db
         if retrying:
             # An I/O error after SQLite wrote the commit record can leave a failed commit
@@ -291,7 +301,7 @@ class SqliteEventStore:
         self._committed += len(events)
         if self._retention_due() or self._commits - self._checkpointed_commits == self.CHECKPOINT_COMMITS:
             self._work.notify()
-        if self._failure is not None:
+        if self._failure is not None and self._lost is None:
             log.warning("event log %s: storing events again (%s cleared)", self.path, self._failure)
             self._failure = None
             self._retry_delay = self.MIN_RETRY_S
@@ -388,6 +398,17 @@ class SqliteEventStore:
                     self._pool.notify()
 
     # -- health -------------------------------------------------------------------------------
+    def mark_lost(self, reason: str) -> None:
+        """Refuse every publish from now on: the database file was removed or replaced under
+        the daemon, so whatever it committed would be gone at the next start. Events queued
+        but not yet acknowledged stay unacknowledged (their publishers get the refusal)."""
+        with self._lock:
+            if self._lost is not None:
+                return
+            log.error("event log %s: %s; publishing is refused until the daemon is restarted", self.path, reason)
+            self._lost = self._failure = reason
+            self._wake_all_waiters()
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             ok = self._failure is None and not self._closing and self._maintenance.is_alive()

@@ -156,6 +156,22 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def identity_of(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what is at ``path`` now, not following a symlink; None if nothing."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def remove_if_unchanged(path: Path, identity: tuple[int, int] | None) -> None:
+    """Unlink ``path`` only while it is still the file that had ``identity``: after its data
+    dir was deleted, another daemon may have put its own file at the same path."""
+    if identity is not None and identity_of(path) == identity:
+        remove_quietly(path)
+
+
 def remove_quietly(path: Path) -> None:
     try:
         path.unlink()
