@@ -52,6 +52,8 @@ class StartupError(RuntimeError):
 class DaemonOptions:
     listen: ListenAddress
     data_dir: DataDir
+    #: Further addresses to listen on beside ``listen`` (``serve --listen`` given more than once).
+    also_listen: tuple[ListenAddress, ...] = ()
     token_path: Path | None = None
     heartbeat_s: float = 15.0
     audit: bool = True
@@ -78,6 +80,15 @@ class DaemonOptions:
     clock: Callable[[], float] = time.monotonic
 
     @property
+    def listens(self) -> tuple[ListenAddress, ...]:
+        return (self.listen, *self.also_listen)
+
+    @property
+    def tcp(self) -> bool:
+        """Whether any listener is TCP, and so a bearer token is needed."""
+        return any(address.scheme == "tcp" for address in self.listens)
+
+    @property
     def resolved_token_path(self) -> Path:
         return self.token_path or self.data_dir.default_token_file
 
@@ -95,8 +106,8 @@ class Daemon:
         self._stopped = threading.Event()
         self._ready = False
         self._lock = InstanceLock(self.data_dir.lock_file)
-        self._server = None
-        self._serve_thread: threading.Thread | None = None
+        self._servers: list = []
+        self._serve_threads: list[threading.Thread] = []
         #: What this daemon put in place (its socket, pid and discovery files) and their
         #: identities: it removes them at stop only if they are still the ones it made.
         self._own_files: dict[Path, tuple[int, int] | None] = {}
@@ -106,23 +117,25 @@ class Daemon:
         self.event_log: SqliteEventStore | None = None
         self._runtime_infos: list[RuntimeInfo] | None = None
         self._runtime_infos_lock = threading.Lock()
+        #: Every bound address, in the order given; ``address`` is the one clients should use.
+        self.addresses: list[ListenAddress] = []
         self.address: ListenAddress = options.listen
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind, acquire the data dir, and serve in a background thread.
+        """Bind, acquire the data dir, and serve in background threads.
 
         What can fail without touching the data dir is tried first: a TCP port that is taken
         refuses the start before any directory, lock, log or database exists (a Unix socket
-        lives in the data dir by default, and removing a stale one needs the lock, so it is
-        bound right after the lock)."""
+        lives in the data dir by default, and removing a stale one needs the lock, so Unix
+        sockets are bound right after the lock)."""
         options = self.options
-        if options.listen.scheme == "tcp" and not options.allow_remote and not options.listen.is_loopback():
-            raise StartupError(f"{options.listen.url()} is not a loopback address; the daemon has no TLS, "
-                               "so listening there needs --allow-remote")
-        if options.listen.scheme == "tcp":
-            self._bind()
+        for address in options.listens:
+            if address.scheme == "tcp" and not options.allow_remote and not address.is_loopback():
+                raise StartupError(f"{address.url()} is not a loopback address; the daemon has no TLS, "
+                                   "so listening there needs --allow-remote")
         try:
+            self._bind("tcp")
             self.data_dir.ensure()
             try:
                 self._lock.acquire()
@@ -132,31 +145,38 @@ class Daemon:
                                    f"(pid {first.pid if first else '?'}, "
                                    f"{first.address.url() if first else '?'})") from None
         except BaseException:
-            self._close_unattached_server()
+            self._close_unattached_servers()
             raise
         try:
-            if self._server is None:
-                self._bind()
+            self._bind("unix")
             self._start_locked()
         except BaseException:
-            self._close_unattached_server()
+            self._close_unattached_servers()
             self._release()
             raise
 
-    def _bind(self) -> None:
-        try:
-            self._server = bind_server(self.options.listen)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {self.options.listen.url()}: {exc.strerror or exc}") from None
-        self.address = self._bound_address()
-        if self.address.scheme == "unix":
-            socket_path = Path(self.address.path or "")
-            self._own_files[socket_path] = identity_of(socket_path)
+    def _bind(self, scheme: str) -> None:
+        for address in self.options.listens:
+            if address.scheme != scheme:
+                continue
+            try:
+                server = bind_server(address)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {address.url()}: {exc.strerror or exc}") from None
+            self._servers.append(server)
+            bound = self._bound_address(address, server)
+            self.addresses.append(bound)
+            if bound.scheme == "unix":
+                socket_path = Path(bound.path or "")
+                self._own_files[socket_path] = identity_of(socket_path)
+        # A Unix socket first: no token to read, and no other local user can reach it.
+        self.address = min(self.addresses, key=lambda a: a.scheme != "unix") if self.addresses else self.address
 
-    def _close_unattached_server(self) -> None:
-        if self._server is not None and self._serve_thread is None:
-            self._server.server_close()
-            self._server = None
+    def _close_unattached_servers(self) -> None:
+        if not self._serve_threads:
+            for server in self._servers:
+                server.server_close()
+            self._servers.clear()
             self._remove_own_files()
 
     def _start_locked(self) -> None:
@@ -170,8 +190,7 @@ class Daemon:
         self.scheduler = Scheduler()
         self.event_log = self._open_event_log()
         self.bus = EventBus(self.event_log)
-        tcp = options.listen.scheme == "tcp"
-        self.tokens = TokenStore(options.resolved_token_path, options.clock) if tcp else None
+        self.tokens = TokenStore(options.resolved_token_path, options.clock) if options.tcp else None
         if self.tokens is not None:
             self.tokens.load_or_create()
             self.tokens.on_change = self._end_streams_of_old_tokens
@@ -203,10 +222,12 @@ class Daemon:
         services = Services(authenticator, self.clients, self.dispatcher, self.bus, self.metrics, limits,
                             readiness=self.readiness, unauthenticated_metrics=options.unauthenticated_metrics)
         self._describe_metrics()
-        self._server.attach(services)
-        self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                              name="ccd-accept", daemon=True)
-        self._serve_thread.start()
+        for server in self._servers:
+            server.attach(services)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                      name=f"ccd-accept-{server.transport}", daemon=True)
+            self._serve_threads.append(thread)
+            thread.start()
         self._write_discovery()
         self._repeat(5.0, self.clients.flush)  # client ids a failed write left unsaved
         self._repeat(1.0, self.audit.flush)  # the counts of a flood that has stopped
@@ -215,7 +236,8 @@ class Daemon:
         if self.tokens is not None:
             self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True
-        log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__, self.address.url(),
+        log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__,
+                 " and ".join(address.url() for address in self.addresses),
                  os.getpid(), self.data_dir.root)
 
     def _open_event_log(self) -> SqliteEventStore:
@@ -237,17 +259,18 @@ class Daemon:
             raise StartupError(str(exc)) from None
 
     def _allowed_hosts(self) -> frozenset[str]:
-        host = (self.options.listen.host or "").lower()
-        return LOOPBACK_NAMES | ({host, f"[{host}]"} if host else set())
+        hosts = {(address.host or "").lower() for address in self.options.listens if address.scheme == "tcp"}
+        return LOOPBACK_NAMES | {name for host in hosts if host for name in (host, f"[{host}]")}
 
-    def _bound_address(self) -> ListenAddress:
-        if self.options.listen.scheme == "unix":
-            return self.options.listen
-        host, port = self._server.server_address[:2]
-        return ListenAddress("tcp", host=self.options.listen.host, port=port)
+    @staticmethod
+    def _bound_address(address: ListenAddress, server) -> ListenAddress:
+        if address.scheme == "unix":
+            return address
+        port = server.server_address[1]  # the kernel's choice for port 0
+        return ListenAddress("tcp", host=address.host, port=port)
 
     def _write_discovery(self) -> None:
-        record = discovery.build(self.address, pid=os.getpid(), version=__version__, api_version=API_VERSION,
+        record = discovery.build(self.address, self.addresses, pid=os.getpid(), version=__version__, api_version=API_VERSION,
                                  started_at=self.started_at, data_dir=self.data_dir.root,
                                  token_path=self.options.resolved_token_path if self.tokens else None)
         atomic_write(self.data_dir.pid_file, f"{os.getpid()}\n".encode())
@@ -299,6 +322,7 @@ class Daemon:
         m.describe_counter("ccd_http_request_seconds_total", "Seconds spent answering HTTP requests")
         m.describe_counter("ccd_auth_denied_total", "Requests refused by authentication, by status")
         m.describe_counter("ccd_connections_refused_total", "Connections refused over the connection cap")
+        m.describe_counter("ccd_connections_evicted_total", "Unauthenticated connections shut for newer ones (guards.Gate)")
         m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
         m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
         m.gauge("ccd_permission_requests_pending", "Pending permission requests", self.permissions.pending_count)
@@ -320,7 +344,8 @@ class Daemon:
     def describe(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "api_version": API_VERSION,
                 "python": sys.version.split()[0], "transport": self.address.scheme,
-                "address": self.address.url(), "data_dir": str(self.data_dir.root),
+                "address": self.address.url(), "addresses": [address.url() for address in self.addresses],
+                "data_dir": str(self.data_dir.root),
                 "started_at": self.started_at, "uptime_s": round(self.uptime_s(), 3),
                 "last_event_id": self.bus.last_id(), "subscribers": self.bus.subscriber_count,
                 "pending_permissions": self.permissions.pending_count(),
@@ -366,16 +391,17 @@ class Daemon:
         self._stop_requested.set()
         self._ready = False
         log.info("stopping")
-        server = self._server
-        if server is not None:
+        for server in self._servers:
             server.stop_accepting()
-            server.in_flight.wait_idle(grace_s)
+        deadline = time.monotonic() + grace_s
+        for server in self._servers:
+            server.in_flight.wait_idle(max(0.0, deadline - time.monotonic()))
         self.sessions.close_all("daemon shutdown")  # before the bus closes: their last events are kept
         self.bus.close()
         deadline = time.monotonic() + 2.0
         while self.bus.subscriber_count and time.monotonic() < deadline:
             time.sleep(0.01)
-        if server is not None:
+        for server in self._servers:
             server.server_close()
         self.permissions.close()
         self.scheduler.stop()

@@ -29,9 +29,11 @@ SCHEMES = ("unix", "tcp")
 URL_PREFIXES = tuple(f"{scheme}://" for scheme in SCHEMES)
 
 
-def build(address: ListenAddress, *, pid: int, version: str, api_version: str, started_at: float,
-          data_dir: Path, token_path: Path | None) -> dict[str, Any]:
-    """The record a daemon listening at ``address`` writes; ``token_path`` is None on a Unix socket."""
+def build(address: ListenAddress, addresses: list[ListenAddress], *, pid: int, version: str, api_version: str,
+          started_at: float, data_dir: Path, token_path: Path | None) -> dict[str, Any]:
+    """The record of a daemon listening at ``addresses``, of which clients should use
+    ``address`` (the reference's fields hold that one only); ``token_path`` is None when
+    no listener is TCP."""
     return {
         "pid": pid,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
@@ -40,6 +42,7 @@ def build(address: ListenAddress, *, pid: int, version: str, api_version: str, s
         "version": version,
         "schema": SCHEMA,
         "url": address.url(),
+        "addresses": [each.url() for each in addresses],
         "api_version": api_version,
         "data_dir": str(data_dir),
         "token_path": str(token_path) if token_path is not None else None,
@@ -55,6 +58,12 @@ class Discovered:
     token_path: Path | None
     pid: int | None
     record: dict[str, Any]
+    #: Every address the daemon listens on, ``address`` among them.
+    addresses: tuple[ListenAddress, ...] = ()
+
+    def tcp_address(self) -> ListenAddress | None:
+        """The daemon's TCP listener, if it has one (what a browser can reach)."""
+        return next((each for each in self.addresses if each.scheme == "tcp"), None)
 
 
 def parse(record: Any, default_token_path: Path) -> Discovered | None:
@@ -70,13 +79,29 @@ def parse(record: Any, default_token_path: Path) -> Discovered | None:
         return None
     if address is None:
         return None
+    addresses = _all_addresses(record, address)
     token_path = None
-    if address.scheme == "tcp":
+    if any(each.scheme == "tcp" for each in addresses):
         named = record.get("token_path")
         token_path = Path(named).expanduser() if isinstance(named, str) and named else default_token_path
     pid = record.get("pid")
     return Discovered(address, token_path, pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-                      record)
+                      record, addresses)
+
+
+def _all_addresses(record: dict[str, Any], address: ListenAddress) -> tuple[ListenAddress, ...]:
+    """``address`` and the others of ``addresses`` (ours; the reference has one address only),
+    skipping entries that do not parse: one bad entry must not hide the daemon."""
+    found = [address]
+    listed = record.get("addresses")
+    for text in listed if isinstance(listed, list) else ():
+        try:
+            each = ListenAddress.parse(text) if isinstance(text, str) else None
+        except AddressError:
+            continue
+        if each is not None and each not in found:
+            found.append(each)
+    return tuple(found)
 
 
 def _address(record: dict[str, Any]) -> ListenAddress | None:

@@ -18,14 +18,16 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "serve", help="run the daemon in the foreground",
         description="Run the daemon in the foreground until SIGTERM, Ctrl-C or system.shutdown.",
-        epilog="example:\n  cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token\n\n"
+        epilog="examples:\n  cheetahclaws serve --listen tcp://127.0.0.1:8765 --print-token\n"
+               "  cheetahclaws serve --listen unix://$HOME/.cheetahclaws/run/daemon.sock "
+               "--listen tcp://127.0.0.1:8765   # both: terminals and a browser\n\n"
                "exit codes: 0 stopped cleanly (SIGTERM, Ctrl-C, system.shutdown, daemon stop); 2 bad usage, or "
                "cannot start (address in use, another daemon on the data dir, an unsafe path: the message "
                "names it and the fix).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", metavar="URL",
-                        help="unix:///abs/path.sock or tcp://HOST:PORT (port 0 picks a free port); "
-                             "default: unix://<data-dir>/run/daemon.sock")
+    parser.add_argument("--listen", metavar="URL", action="append",
+                        help="unix:///abs/path.sock or tcp://HOST:PORT (port 0 picks a free port); give it "
+                             "again to listen on more than one address; default: unix://<data-dir>/run/daemon.sock")
     add_data_dir(parser)
     parser.add_argument("--token-path", metavar="PATH", help="bearer token file (default <data-dir>/daemon_token)")
     parser.add_argument("--print-token", action="store_true", help="print the TCP bearer token at start")
@@ -76,11 +78,13 @@ def options_from(args: argparse.Namespace):
 
     data_dir = DataDir.resolve(args.data_dir)
     try:
-        listen = ListenAddress.parse(args.listen) if args.listen else ListenAddress.unix(data_dir.default_socket)
+        listens = [ListenAddress.parse(text) for text in args.listen or ()] or [ListenAddress.unix(data_dir.default_socket)]
     except AddressError as exc:
         fail(str(exc), 2)
+    if len(set(listens)) < len(listens):
+        fail("the same --listen address is given twice", 2)
     return DaemonOptions(
-        listen=listen, data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
+        listen=listens[0], also_listen=tuple(listens[1:]), data_dir=data_dir, token_path=Path(args.token_path).absolute() if args.token_path else None,
         heartbeat_s=args.heartbeat_s, audit=not args.no_audit, unauthenticated_metrics=args.unauthenticated_metrics,
         allow_remote=args.allow_remote, allow_origins=tuple(args.allow_origin), event_buffer=args.event_buffer,
         event_buffer_mb=args.event_buffer_mb,
@@ -113,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
         fail(f"cannot start: {exc}", 2)
     if args.unauthenticated_metrics:
         print("warning: /healthz, /readyz and /metrics are served without authentication", file=sys.stderr)
-    if options.allow_remote and not daemon.address.is_loopback():
-        print(f"warning: listening on non-loopback {daemon.address.url()} without TLS", file=sys.stderr)
-    print(f"cc_daemon listening on {daemon.address.url()} (pid {os.getpid()})", flush=True)
+    for address in daemon.addresses:
+        if address.scheme == "tcp" and not address.is_loopback():
+            print(f"warning: listening on non-loopback {address.url()} without TLS", file=sys.stderr)
+    print(f"cc_daemon listening on {' and '.join(a.url() for a in daemon.addresses)} (pid {os.getpid()})",
+          flush=True)
     if args.print_token and daemon.tokens is not None:
         print(f"token: {options.resolved_token_path.read_text().strip()}", flush=True)
     # Timed waits: Python runs signal handlers in the main thread only, and a SIGTERM the

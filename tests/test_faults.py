@@ -525,11 +525,11 @@ def test_slowloris_headers_and_bodies_leave_a_well_behaved_client_fast(subproces
         while not stop.wait(0.05):
             for plan in plans:
                 sock, data, sent = plan
-                if sent < len(data):
+                if 0 <= sent < len(data):
                     try:
                         plan[2] += sock.send(data[sent:sent + 1])
                     except OSError:
-                        plan[2] = len(data)
+                        plan[2] = -1  # cut off: past 128 unauthenticated connections the oldest go (Gate)
 
     threading.Thread(target=dribble, daemon=True).start()
     with Probe(running, fresh=True) as fresh, Probe(running, fresh=False) as kept:
@@ -537,7 +537,7 @@ def test_slowloris_headers_and_bodies_leave_a_well_behaved_client_fast(subproces
                  message="60 pings of each kind during the slowloris")
         during = usage(running.process.pid)
     stop.set()
-    print(f"\nduring a 400-connection slowloris: {during}")
+    print(f"\nduring a 400-connection slowloris: {during}; {sum(p[2] < 0 for p in plans)} of them cut off")
     fresh.check("ping during slowloris")
     kept.check("ping during slowloris")
     assert all(sent < len(data) for _, data, sent in plans), "the abuse must still be unfinished when measured"
@@ -567,10 +567,14 @@ def test_a_thousand_connections_keep_a_connected_client_served_and_are_all_relea
 
 
 @pytest.mark.slow
-def test_over_the_cap_a_new_client_gets_its_503_at_once(subprocess_daemon):
+def test_idle_strangers_past_the_cap_do_not_keep_the_owner_out(subprocess_daemon):
+    """400 idle connections that never authenticate, against a cap of 50: once used to
+    answer the owner 503 for as long as they stayed; now they only evict each other
+    (guards.Gate), and the owner's call on a new connection is answered at once. The 503 at
+    the cap, when authenticated connections hold every slot, is tested in test_http."""
     running = start_tcp(subprocess_daemon, "--max-connections", "50")
     address = host_port(running)
-    flood = connect_many(address, 400)  # 50 served (idle), 350 over the cap, none of them reading
+    flood = connect_many(address, 400)
     try:
         ping = (f"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth_lines(running)}Content-Length: {len(PING)}\r\n\r\n"
                 .encode() + PING)
@@ -579,8 +583,7 @@ def test_over_the_cap_a_new_client_gets_its_503_at_once(subprocess_daemon):
             response, _ = parse_response(exchange(address, ping, timeout=2))
             took = time.monotonic() - started
             assert response is not None, f"attempt {attempt}: closed without an answer after {took:.2f} s"
-            assert response.status == 503 and response.headers["retry-after"] == "1", response
-            assert json.loads(response.body) == {"error": "too many connections"}
+            assert response.status == 200 and json.loads(response.body)["result"] == "pong", response
     finally:
         close_all(flood)
 

@@ -1,6 +1,7 @@
 """Connection guards: deadlines, in-flight requests, and the answer to connections over the cap.
 
-Owns: the whole-request deadline (``Reaper``), the count of requests being answered that a
+Owns: who holds a connection slot (``Gate``: proven connections keep theirs, strangers share
+a pool, oldest evicted first), the whole-request deadline (``Reaper``), the count of requests being answered that a
 graceful stop waits for (``InFlight``), and answering and closing connections over the
 connection cap without a thread each (``Refuser``).
 
@@ -68,10 +69,61 @@ class Reaper:
                     del self._deadlines[handler]
             for handler in expired:
                 log.info("request from %s exceeded its deadline; closing", handler.address_string())
-                try:
-                    handler.request.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                shut_down(handler.request)
+
+
+class Gate:
+    """Who holds a connection slot: proven connections keep theirs, strangers share a pool.
+
+    A connection is proven once one of its requests passed authentication (the right token,
+    or the owner's uid on the Unix socket). Until then it could be anyone's: every local user
+    and every web page the owner visits can open TCP connections to loopback, thousands of
+    them, idle or trickling. Strangers share ``unproven_slots``; a new connection past that
+    evicts the oldest stranger (its socket is shut down, so its thread sees the end and
+    leaves). A flood thus churns only its own connections, and a newcomer, the owner's
+    included, always gets a slot for as long as it takes to present its credentials, which
+    is microseconds, not the seconds a flood needs to cycle through the pool. The cap on all
+    connections (one thread each) holds: past it, with no stranger to evict, the answer is 503.
+    Counting by peer address would not help here: every local user is 127.0.0.1.
+    """
+
+    def __init__(self, max_connections: int, unproven_slots: int):
+        self._max = max_connections
+        self._unproven_slots = max(1, min(unproven_slots, max_connections))
+        self._lock = threading.Lock()
+        self._unproven: collections.OrderedDict[socket.socket, None] = collections.OrderedDict()  # oldest first
+        self.active = 0
+
+    def admit(self, sock: socket.socket) -> tuple[bool, socket.socket | None]:
+        """(whether ``sock`` gets a slot, a stranger's socket the caller must shut down)."""
+        with self._lock:
+            victim = None
+            if len(self._unproven) >= self._unproven_slots:
+                victim, _ = self._unproven.popitem(last=False)
+            elif self.active >= self._max:
+                return False, None
+            self._unproven[sock] = None
+            self.active += 1
+            return True, victim
+
+    def prove(self, sock: socket.socket) -> None:
+        """One of ``sock``'s requests authenticated: it is no stranger's, and is never evicted."""
+        if sock in self._unproven:  # unlocked peek: true for the first request only
+            with self._lock:
+                self._unproven.pop(sock, None)
+
+    def leave(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._unproven.pop(sock, None)
+            self.active -= 1
+
+
+def shut_down(sock: socket.socket) -> None:
+    """End a connection another thread serves: its blocked read returns, and it cleans up."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class InFlight:

@@ -217,6 +217,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             error = refusal(denied)
             services.metrics.inc("ccd_auth_denied_total", status=str(error.status))
             raise error
+        if route.needs_credentials(services.unauthenticated_metrics):
+            self.server.gate.prove(self.request)
         if route.versioned:
             check_api_version(self.headers)
 

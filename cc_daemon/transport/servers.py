@@ -30,7 +30,7 @@ from ..metrics import Metrics
 from ..rpc import Dispatcher
 from ..safe_paths import make_private_dir
 from .addresses import ListenAddress
-from .guards import InFlight, Reaper, Refuser
+from .guards import Gate, InFlight, Reaper, Refuser, shut_down
 from .handler import RequestHandler
 from .kernel import leave_signals_to_the_main_thread
 from .live_tail import LiveTail
@@ -42,6 +42,8 @@ log = logging.getLogger("cc_daemon.transport")
 class Limits:
     max_body_bytes: int = 1024 * 1024
     max_connections: int = 512
+    #: Connections not yet authenticated, of anyone (see ``guards.Gate``); past it the oldest goes.
+    unproven_slots: int = 128
     #: Idle keep-alive connection lifetime, and the send timeout of a stalled SSE reader.
     idle_timeout_s: float = 60.0
     #: Whole-request deadline once its first byte arrived (headers and body).
@@ -83,16 +85,15 @@ class DaemonServerMixin:
         self.refuser = Refuser()
         self.live_tail = LiveTail(services.bus, services.metrics, services.limits.heartbeat_s)
         self.in_flight = InFlight()
-        self._active = 0
-        self._active_lock = threading.Lock()
-        services.metrics.gauge("ccd_connections_open", "Open client connections", lambda: self._active)
+        self.gate = Gate(services.limits.max_connections, services.limits.unproven_slots)
+        services.metrics.gauge("ccd_connections_open", "Open client connections", lambda: self.gate.active)
 
     def process_request(self, request, client_address) -> None:
-        with self._active_lock:
-            over = self._active >= self.services.limits.max_connections
-            if not over:
-                self._active += 1
-        if over:
+        admitted, victim = self.gate.admit(request)
+        if victim is not None:
+            self.services.metrics.inc("ccd_connections_evicted_total")
+            shut_down(victim)
+        if not admitted:
             self.services.metrics.inc("ccd_connections_refused_total")
             self.refuser.refuse(request)
             return
@@ -107,8 +108,7 @@ class DaemonServerMixin:
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            with self._active_lock:
-                self._active -= 1
+            self.gate.leave(request)
             self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
