@@ -119,6 +119,7 @@ class Daemon:
         self._runtime_infos_lock = threading.Lock()
         #: Every bound address, in the order given; ``address`` is the one clients should use.
         self.addresses: list[ListenAddress] = []
+        self._bound: dict[ListenAddress, ListenAddress] = {}  # as given -> as bound (port 0 resolved)
         self.address: ListenAddress = options.listen
 
     # -- start ------------------------------------------------------------------------------
@@ -164,13 +165,14 @@ class Daemon:
             except OSError as exc:
                 raise StartupError(f"cannot listen on {address.url()}: {exc.strerror or exc}") from None
             self._servers.append(server)
-            bound = self._bound_address(address, server)
-            self.addresses.append(bound)
-            if bound.scheme == "unix":
-                socket_path = Path(bound.path or "")
+            self._bound[address] = self._bound_address(address, server)
+            if address.scheme == "unix":
+                socket_path = Path(address.path or "")
                 self._own_files[socket_path] = identity_of(socket_path)
-        # A Unix socket first: no token to read, and no other local user can reach it.
-        self.address = min(self.addresses, key=lambda a: a.scheme != "unix") if self.addresses else self.address
+        # In the order given (TCP ones are bound first); clients use a Unix socket first: no
+        # token to read, and no other local user can reach it.
+        self.addresses = [self._bound[given] for given in self.options.listens if given in self._bound]
+        self.address = min(self.addresses, key=lambda a: a.scheme != "unix")
 
     def _close_unattached_servers(self) -> None:
         if not self._serve_threads:

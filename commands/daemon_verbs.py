@@ -113,7 +113,9 @@ def run_status(args: argparse.Namespace) -> int:
         return report(args, UNKNOWN, {"running": True, "pid": found.pid, "error": str(exc)},
                       f"pid {found.pid} holds the lock but does not answer: {exc}")
     status.update(running=True, ping=pong, ping_ms=round(ping_ms, 2))
-    lines = [f"running: pid {status['pid']}, {status['transport']} {status['address']}",
+    others = [address for address in status.get("addresses", ()) if address != status["address"]]
+    lines = [f"running: pid {status['pid']}, {status['transport']} {status['address']}"
+             + (f" (also {', '.join(others)})" if others else ""),
              f"version: {status['version']} (api {status['api_version']}, python {status['python']})",
              f"uptime:  {format_duration(status['uptime_s'])}",
              f"ping:    {pong} in {ping_ms:.1f} ms",

@@ -99,6 +99,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.http_1_0 = False  # an HTTP/1.0 request is answered in HTTP/1.0, close-delimited
         self.headers = NO_HEADERS
         self.route = None
+        if not self.raw_requestline.endswith(b"\n"):
+            # The connection ended inside its request line: the peer left, or the Gate or the
+            # Reaper cut it off. Nobody is there to read an answer, and a flood of these
+            # must not become a flood of log lines.
+            return False
         self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = requestline.split()
         if not words:
