@@ -172,7 +172,8 @@ class Daemon:
         # In the order given (TCP ones are bound first); clients use a Unix socket first: no
         # token to read, and no other local user can reach it.
         self.addresses = [self._bound[given] for given in self.options.listens if given in self._bound]
-        self.address = min(self.addresses, key=lambda a: a.scheme != "unix")
+        if self.addresses:
+            self.address = min(self.addresses, key=lambda a: a.scheme != "unix")
 
     def _close_unattached_servers(self) -> None:
         if not self._serve_threads:
