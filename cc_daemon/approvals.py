@@ -97,6 +97,16 @@ class Approvals:
         return encode({"type": "permission_response", "turn_id": turn_id, "request_id": runtime_request_id,
                        "approve": answer.get("approve") is True, "reason": str(answer.get("reason") or request.state)})
 
+    def withdraw(self, runtime_request_id: str, reason: str) -> bool:
+        """The runtime gave its question up: cancel the request, and send it no answer (the
+        link goes first). False when no such request is pending."""
+        for store_id, (runtime_id, _) in list(self._links.items()):
+            if runtime_id == runtime_request_id:
+                del self._links[store_id]
+                self._store.cancel(store_id, reason)
+                return True
+        return False
+
     def cancel(self, reason: str) -> None:
         """Deny the pending requests (their turn ended); the runtime is told through ``response``."""
         if self._links:

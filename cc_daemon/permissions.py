@@ -181,6 +181,13 @@ class PermissionStore:
         with self._lock:
             return {request.originator.client_key for request in self._pending.values()}
 
+    def cancel(self, request_id: str, reason: str) -> None:
+        """Resolve one pending request as cancelled (whoever asked no longer needs the answer)."""
+        with self._lock:
+            request = self._pending.get(request_id)
+        if request is not None:
+            self._cancel(request, reason)
+
     def cancel_for_session(self, session_id: str, reason: str) -> None:
         """Resolve a session's pending requests as denied (its turn or process is gone)."""
         with self._lock:

@@ -182,7 +182,8 @@ class Session:
         self._unrecorded: dict[str, Any] | None = None
         self._handlers = {"ready": self._on_ready, "text": self._on_text, "tool_start": self._on_tool_start,
                           "tool_end": self._on_tool_end, "permission_request": self._on_permission_request,
-                          "turn_done": self._on_turn_done, "error": self._on_error, "log": self._on_log}
+                          "permission_withdrawn": self._on_permission_withdrawn, "turn_done": self._on_turn_done,
+                          "error": self._on_error, "log": self._on_log}
         self.supervisor = services.supervisor_factory(
             name=session_id, argv=argv, cwd=spec.cwd, env=spec.env,
             stderr_log=services.data_dir.session_stderr(session_id), scheduler=services.scheduler,
@@ -397,6 +398,14 @@ class Session:
             return self._protocol_error("duplicate_request", f"request_id {message['request_id']} is pending", None)
         if self._approvals.ask(message, turn.turn_id, turn.originator, self.approver):
             self._set_state(WAITING_PERMISSION, f"{message['tool']} needs permission")
+
+    def _on_permission_withdrawn(self, message: dict) -> None:
+        if self._turn_of(message) is None:
+            return
+        reason = message.get("reason") or "the runtime withdrew the question"
+        if self._approvals.withdraw(message["request_id"], reason) and not self._approvals.pending() \
+                and self.state == WAITING_PERMISSION:
+            self._set_state(BUSY, "permission request withdrawn")
 
     def _on_turn_done(self, message: dict) -> None:
         turn = self._turn_of(message)

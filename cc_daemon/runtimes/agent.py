@@ -47,6 +47,11 @@ class Channel:
             self._stdout.write(line.encode())
             self._stdout.flush()
 
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message of the runtime's own (a line from a program it hosts) behind the
+        daemon's, so that one loop waits on both sources; ``Turn.poll`` hands it back."""
+        self._inbox.put(message)
+
     def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next message from the daemon, or None after ``timeout`` s."""
         try:
@@ -116,20 +121,36 @@ class Turn:
         counts as a refusal, so the caller never acts after a cancel."""
         self._next_request += 1
         request_id = f"perm-{self._next_request}"
-        self.channel.send("permission_request", turn_id=self.turn_id, request_id=request_id, tool=tool,
-                          input=input, rationale=rationale)
+        self.request_permission(request_id, tool, input, rationale)
         while request_id not in self._answers and not self.cancelled:
             self.poll(None)
         if self.cancelled:
             return False, "turn cancelled"
-        answer = self._answers.pop(request_id)
+        return self.take_answer(request_id)  # type: ignore[return-value]
+
+    def request_permission(self, request_id: str, tool: str, input: Any, rationale: str | None = None) -> None:
+        """Ask without waiting: the answer is kept for ``take_answer`` when ``poll`` sees it."""
+        self.channel.send("permission_request", turn_id=self.turn_id, request_id=request_id, tool=tool,
+                          input=input, rationale=rationale)
+
+    def take_answer(self, request_id: str) -> tuple[bool, str] | None:
+        """(approve, reason) once the daemon answered ``request_id``, else None."""
+        answer = self._answers.pop(request_id, None)
+        if answer is None:
+            return None
         return bool(answer.get("approve")), str(answer.get("reason", ""))
 
-    def poll(self, timeout: float | None) -> None:
-        """Handle at most one message from the daemon, waiting up to ``timeout`` s."""
+    def withdraw_permission(self, request_id: str, reason: str) -> None:
+        """The question no longer stands (the program that asked gave it up): the daemon
+        cancels the request and sends no answer."""
+        self.channel.send("permission_withdrawn", turn_id=self.turn_id, request_id=request_id, reason=reason)
+
+    def poll(self, timeout: float | None) -> dict[str, Any] | None:
+        """Handle at most one message, waiting up to ``timeout`` s; returns one this class
+        does not handle itself (a runtime's own, from ``Channel.post``), else None."""
         message = self.channel.receive(timeout)
         if message is None:
-            return
+            return None
         kind = message.get("type")
         if kind == "cancel" and message.get("turn_id") == self.turn_id:
             self.cancelled = True
@@ -139,6 +160,9 @@ class Turn:
             self._answers[str(message.get("request_id"))] = message
         elif kind == "turn":
             self.error("a turn arrived while another was running; it was ignored")
+        elif kind not in ("cancel", "permission_response", "init"):
+            return message
+        return None
 
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` while listening to the daemon; False when cancelled first."""
@@ -227,6 +251,9 @@ class Agent(ABC):
     @abstractmethod
     def on_turn(self, turn: Turn) -> None: ...
 
+    def close(self) -> None:
+        """The runtime is about to exit: end what it hosts (nothing, by default)."""
+
 
 def serve(make_agent: Callable[[dict[str, Any], Channel], Agent], *, runtime: str, version: str) -> int:
     """Run a runtime process: handshake, then one ``on_turn`` per ``turn`` until ``stop``."""
@@ -236,6 +263,13 @@ def serve(make_agent: Callable[[dict[str, Any], Channel], Agent], *, runtime: st
         return 0
     agent = make_agent(init, channel)
     channel.send("ready", protocol=PROTOCOL_VERSION, runtime=runtime, version=version)
+    try:
+        return _turn_loop(agent, channel, runtime)
+    finally:
+        agent.close()
+
+
+def _turn_loop(agent: Agent, channel: Channel, runtime: str) -> int:
     while True:
         message = channel.receive()
         kind = message.get("type") if message else None

@@ -92,6 +92,9 @@ FROM_RUNTIME: dict[str, dict[str, Any]] = {
         "turn_id": _ID, "request_id": _ID, "tool": {"type": "string", "minLength": 1, "maxLength": 200},
         "input": {}, "rationale": {"type": ["string", "null"], "maxLength": 10000},
     }, ("turn_id", "request_id", "tool", "input"), strict=False),
+    "permission_withdrawn": _message("permission_withdrawn", {
+        "turn_id": _ID, "request_id": _ID, "reason": {"type": "string", "maxLength": 10000},
+    }, ("turn_id", "request_id"), strict=False),
     "turn_done": _message("turn_done", {
         "turn_id": _ID, "status": {"enum": ["completed", "cancelled", "failed"]}, "usage": _USAGE,
         "resume_token": {"type": "string", "maxLength": 4096},
