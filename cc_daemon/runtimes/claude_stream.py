@@ -17,7 +17,6 @@ Must not: start processes or answer control requests (``claude`` does both); it 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .agent import Turn
@@ -102,15 +101,3 @@ def flatten(content: Any) -> str:
     if isinstance(content, list):
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
-
-
-def parse_line(line: str) -> dict[str, Any] | None:
-    """One line of claude's stdout as a record, or None (blank, or not a JSON object)."""
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
