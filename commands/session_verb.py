@@ -59,7 +59,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                  "cheetahclaws session new demo --cwd ~/project --name demo1\n"
                  "  cheetahclaws session new command --arg=/bin/cat --name echo-back\n"
                  "  cheetahclaws session new demo --arg=--chunk-delay --arg=0.05   # values starting with - need =")
-    new.add_argument("runtime", metavar="RUNTIME", help="demo, command, claude, or a runtime from a plugin")
+    new.add_argument("runtime", metavar="RUNTIME", help="demo, command, claude, codex, custom, or a runtime from a plugin")
     new.add_argument("--cwd", metavar="DIR", help="the agent's directory (default: the current one)")
     new.add_argument("--name", help="a name to recognise the session by")
     new.add_argument("--mode", choices=("interactive", "unattended"),

@@ -56,7 +56,7 @@ def register(registry: Registry, context: MethodContext) -> None:
         summary="Start a session: a supervised runtime process in cwd. Returns at once, in state starting.",
         params=object_schema({
             "runtime": {"type": "string", "minLength": 1, "maxLength": 64,
-                        "description": "demo, command, claude, custom (args: a program speaking RFC 0004), or a runtime from an entry point"},
+                        "description": "demo, command, claude, codex, custom (args: a program speaking RFC 0004), or a runtime from an entry point"},
             "cwd": {"type": "string", "minLength": 1, "maxLength": 4095, "pattern": NO_NUL,
                     "description": "absolute directory (PATH_MAX: 4,096 bytes with the NUL)"},
             "name": {"type": "string", "maxLength": 200},

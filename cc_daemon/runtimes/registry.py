@@ -1,6 +1,6 @@
 """Which runtimes this daemon can run, and how to launch each (daemon side).
 
-Owns: the built-in runtimes (``demo``, ``command``, ``claude``, and ``custom``: a program of
+Owns: the built-in runtimes (``demo``, ``command``, ``claude``, ``codex``, and ``custom``: a program of
 the user's, given in the session's args, that speaks the runtime protocol itself), third-party
 runtimes found through the ``cc_daemon.runtimes`` entry-point group, what each reports about itself
 (available or not, version, path) and the command line of a session's runtime process.
@@ -125,26 +125,30 @@ class CustomRuntime(Runtime):
         return list(args)
 
 
-class ClaudeRuntime(Runtime):
-    summary = "Claude Code CLI (claude -p --output-format stream-json), resuming its session across turns"
+class HostedCliRuntime(Runtime):
+    """An agent CLI found on the session's PATH, hosted for the whole session by a runtime
+    module of ours (``runtimes.claude``, ``runtimes.codex``) that relays its permission
+    questions to the daemon."""
+
+    def __init__(self, program: str, module: str, npm_package: str, summary: str):
+        self.program, self.module, self.npm_package, self.summary = program, module, npm_package, summary
 
     def info(self, name: str, env: dict[str, str]) -> RuntimeInfo:
-        path = shutil.which("claude", path=env.get("PATH"))
+        path = shutil.which(self.program, path=env.get("PATH"))
         if path is None:
             return RuntimeInfo(name, self.summary, False, problem=self.missing())
         version, problem = executable_version(path, os.stat(path).st_mtime_ns)
         return RuntimeInfo(name, self.summary, problem is None, version, path, problem)
 
     def launch(self, args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
-        path = shutil.which("claude", path=env.get("PATH"))
+        path = shutil.which(self.program, path=env.get("PATH"))
         if path is None:
             raise RuntimeUnavailable(self.missing())
-        return python_module("cc_daemon.runtimes.claude", "--executable", path)
+        return python_module(self.module, "--executable", path)
 
-    @staticmethod
-    def missing() -> str:
-        return ("the claude runtime needs the Claude Code CLI, but `claude` is not on the PATH the session "
-                "would use; install it (npm install -g @anthropic-ai/claude-code) or pass env.PATH")
+    def missing(self) -> str:
+        return (f"the {self.program} runtime needs the {self.program} CLI, but `{self.program}` is not on the "
+                f"PATH the session would use; install it (npm install -g {self.npm_package}) or pass env.PATH")
 
 
 @functools.lru_cache(maxsize=32)
@@ -162,8 +166,15 @@ def executable_version(path: str, mtime_ns: int) -> tuple[str | None, str | None
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None, None
 
 
-BUILTINS: dict[str, Runtime] = {"demo": DemoRuntime(), "command": CommandRuntime(), "claude": ClaudeRuntime(),
-                                "custom": CustomRuntime()}
+BUILTINS: dict[str, Runtime] = {
+    "demo": DemoRuntime(), "command": CommandRuntime(),
+    "claude": HostedCliRuntime("claude", "cc_daemon.runtimes.claude", "@anthropic-ai/claude-code",
+                               "Claude Code, one process per session; its permission prompts go to the turn's "
+                               "originator"),
+    "codex": HostedCliRuntime("codex", "cc_daemon.runtimes.codex", "@openai/codex",
+                              "Codex CLI (codex app-server), one process per session; its command and patch "
+                              "approvals go to the turn's originator"),
+    "custom": CustomRuntime()}
 
 
 class RuntimeRegistry:
