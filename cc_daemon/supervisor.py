@@ -24,10 +24,11 @@ import signal
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol
 
 if TYPE_CHECKING:
     import subprocess
@@ -248,6 +249,21 @@ class Runner(Protocol):
     def snapshot(self) -> dict: ...
 
 
+@contextmanager
+def stop_signals_unblocked() -> Iterator[None]:
+    """The calling thread's SIGTERM and SIGINT unblocked while a runtime is spawned.
+
+    A child inherits its parent thread's signal mask, across exec too, and the daemon's
+    threads block those two so that the main thread gets them (``transport.kernel``). A
+    runtime spawned from such a thread would be deaf to the SIGTERM that stops it, and so
+    would every program it starts."""
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class StderrLog:
     """A runtime's stderr: appended to a file (rotated once at a size cap), tail in memory."""
 
@@ -431,9 +447,10 @@ class Supervisor:
             import subprocess
 
             try:
-                process = subprocess.Popen(self._argv, cwd=self._cwd, env=child_env(os.environ, self._env),
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           start_new_session=True)
+                with stop_signals_unblocked():
+                    process = subprocess.Popen(self._argv, cwd=self._cwd, env=child_env(os.environ, self._env),
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, start_new_session=True)
             except OSError as exc:
                 spawn_error = f"cannot start {self._argv[0]}: {exc.strerror or exc}"
             else:

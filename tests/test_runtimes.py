@@ -5,6 +5,7 @@ from a real entry point, and what a misbehaving runtime's garbage turns into."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import pytest
@@ -110,6 +111,21 @@ def test_command_runtime_feeds_stdin_and_streams_stdout(tcp_daemon, tmp_path):
     second = client.call("session.send", session_id=session_id, text="again")["turn_id"]
     watcher.wait("turn_done", turn_id=second)
     assert watcher.text_of(second) == "again\n"
+    watcher.close()
+
+
+def test_a_runtime_and_what_it_starts_hear_sigterm(tcp_daemon, tmp_path):
+    """The session is created by an RPC, on a thread that blocks SIGTERM and SIGINT; a
+    child inherits that mask across exec, so the spawn unblocks them (issue 17)."""
+    client = client_of(tcp_daemon, "repl")
+    session_id = client.call("session.create", runtime="command", cwd=str(tmp_path),
+                             args=["grep", "SigBlk", "/proc/self/status"])["session_id"]
+    watcher = Watcher(client, session_id, since=0)
+    turn_id = client.call("session.send", session_id=session_id, text="go")["turn_id"]
+    watcher.wait("turn_done", turn_id=turn_id)
+    blocked = int(watcher.text_of(turn_id).split()[1], 16)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        assert not blocked & (1 << (sig - 1)), f"{sig.name} is blocked in the runtime's child: {blocked:#x}"
     watcher.close()
 
 

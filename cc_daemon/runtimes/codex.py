@@ -17,7 +17,7 @@ with the session's resume token, which is the thread id; ``turn/start`` per turn
       the answer                              -> {"decision": "accept"} or "decline"
     serverRequest/resolved (still pending)    -> permission_withdrawn
     thread/tokenUsage/updated                 -> the turn's usage
-    error (willRetry false)                   -> error
+    error                                     -> error (willRetry: log warning)
     turn/completed                            -> turn_done (completed, interrupted ->
                                                  cancelled, failed)
 
@@ -130,8 +130,12 @@ class CodexExchange(Exchange):
             self.usage = {ours: last[theirs] for ours, theirs in (
                 ("input_tokens", "inputTokens"), ("output_tokens", "outputTokens"),
                 ("cache_read_input_tokens", "cachedInputTokens")) if isinstance(last.get(theirs), int)}
-        elif method == "error" and not params.get("willRetry"):
-            self.turn.error(f"codex: {str((params.get('error') or {}).get('message'))[:2000]}")
+        elif method == "error":
+            message = f"codex: {str((params.get('error') or {}).get('message'))[:2000]}"
+            if params.get("willRetry"):
+                self.turn.log("warning", message)  # e.g. reconnecting to the model: said, not fatal
+            else:
+                self.turn.error(message)
         elif method == "turn/completed":
             turn = params.get("turn") or {}
             if turn.get("status") == "failed" and (turn.get("error") or {}).get("message"):
@@ -172,7 +176,7 @@ class CodexAgent(Agent):
     def on_turn(self, turn: Turn) -> None:
         exchange = self._exchange(turn)
         if exchange is None:
-            return turn.done("failed", resume_token=self.thread_id)
+            return turn.done("cancelled" if turn.cancelled else "failed", resume_token=self.thread_id)
         exchange.call("turn/start", {"threadId": self.thread_id, "input": [{"type": "text", "text": turn.text}]})
         ending = exchange.run()
         if ending is not Ending.FINISHED:
@@ -201,7 +205,8 @@ class CodexAgent(Agent):
             setup.call("thread/start", {"cwd": self.cwd})
         setup.setting_up = True
         if setup.run() is not Ending.FINISHED or setup.thread_id is None:
-            turn.error("codex did not open a thread")
+            if not turn.cancelled:
+                turn.error("codex did not open a thread")
             self.close()
             return None
         self.thread_id = setup.thread_id
