@@ -76,7 +76,7 @@ def test_serve_status_logs_stop_on_unix(subprocess_daemon):
     socket_path = daemon.address[len("unix://"):]
     assert oct(os.stat(socket_path).st_mode & 0o777) == "0o600"
     assert oct(os.stat(os.path.dirname(socket_path)).st_mode & 0o777) == "0o700"
-    logs = cli("daemon", "logs", "--data-dir", data_dir, "-n", "5")
+    logs = cli("daemon", "logs", "--data-dir", data_dir, "-n", "10")
     assert logs.returncode == 0 and "listening on" in logs.stdout
     two = cli("daemon", "logs", "--data-dir", data_dir, "--lines", "2")  # the reference's spelling
     assert two.returncode == 0 and len(two.stdout.splitlines()) == 2

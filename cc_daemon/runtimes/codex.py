@@ -35,6 +35,7 @@ import functools
 from typing import Any
 
 from .. import __version__
+from ..errors import METHOD_NOT_FOUND  # JSON-RPC's own code, which codex speaks too
 from .agent import Agent, Channel, Turn, runtime_main
 from .hosted import Ending, Exchange, HostedProcess
 
@@ -108,7 +109,7 @@ class CodexExchange(Exchange):
         tool = APPROVALS.get(method)
         if tool is None:
             self.process.send({"jsonrpc": "2.0", "id": request_id,
-                               "error": {"code": -32601, "message": f"cc_daemon does not serve {method}"}})
+                               "error": {"code": METHOD_NOT_FOUND, "message": f"cc_daemon does not serve {method}"}})
             return
         if self.turn.cancelled:
             return self.answer(request_id, None, False, "turn cancelled")
