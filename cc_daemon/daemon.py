@@ -22,7 +22,7 @@ from . import API_VERSION, __version__, discovery
 from .audit import AuditLog
 from .auth import LOOPBACK_NAMES, Authenticator, TokenStore
 from .database import DatabaseError
-from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore
+from .eventlog import DEFAULT_RETENTION_EVENTS, SqliteEventStore, leave_id_floor
 from .events import EventBus
 from .identity import ClientRegistry, load_or_create_key
 from .methods import MethodContext, build_registry
@@ -301,7 +301,22 @@ class Daemon:
         for path, identity in self._storage_identity:
             if identity_of(path) != identity:
                 self.event_log.mark_lost(f"{path} was removed or replaced while the daemon was running")
-                return
+                self._storage_identity = []  # noticed once; the floor is left once
+                return self._leave_id_floor()
+
+    def _leave_id_floor(self) -> None:
+        """Where the data dir was deleted (not replaced by someone), put back a database that
+        holds only the last id handed out, so that ids never go backwards at the next start."""
+        if self.data_dir.root.exists():
+            return  # another daemon or the user made a new one: it is theirs
+        try:
+            self.data_dir.ensure()
+            leave_id_floor(self.data_dir.database, self.bus.last_id())
+        except (OSError, DatabaseError) as exc:
+            log.error("could not leave the event id floor in %s: %s", self.data_dir.root, exc)
+            return
+        log.warning("left %s holding only the last event id (%d), so that the next daemon's ids go on from it",
+                    self.data_dir.database, self.bus.last_id())
 
     def _repeat(self, interval_s: float, job: Callable[[], object]) -> None:
         """Run ``job`` on the timer thread every ``interval_s`` until the daemon stops; a run

@@ -52,6 +52,18 @@ class StorageLost(OSError):
     """The log's file is no longer the one at its path (deleted with its data dir, or replaced)."""
 
 
+def leave_id_floor(path: Path, last_id: int) -> None:
+    """A new database at ``path`` that holds no event, only ``last_id``: the next daemon's
+    first event then gets a larger id than any a lost log handed out, so a client resuming
+    with an id it saw never skips the new events that would have reused it."""
+    db = open_database(path)
+    try:
+        migrate(db, COMPONENT, MIGRATIONS, path)
+        db.execute(SET_META, ("last_id", last_id))
+    finally:
+        db.close()
+
+
 class SqliteEventStore:
     """An ``EventStore`` keeping every event in SQLite; an event is visible once committed.
 

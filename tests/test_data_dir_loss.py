@@ -3,8 +3,9 @@
 SQLite keeps committing into an unlinked file without an error, so a daemon that did not
 look would acknowledge events the next start cannot find. It notices within about a second:
 ``/readyz`` answers 503, a call that must store an event gets -32003, and it says so in a
-log line. A second daemon may then start on the same path (the old lock went with the
-directory); the first one's stop removes only the files it made itself.
+log line; and it puts back a database holding only the last id, so ids never go backwards.
+A second daemon may then start on the same path (the old lock went with the directory);
+the first one's stop removes only the files it made itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,22 @@ def test_a_deleted_data_dir_is_noticed_and_nothing_more_is_acknowledged(subproce
     daemon.process.terminate()
     assert daemon.process.wait(10) == 0
     assert "publishing is refused until the daemon is restarted" in daemon.process.stderr.read()
+
+
+def test_ids_never_go_backwards_after_the_data_dir_is_deleted(subprocess_daemon):
+    """The daemon that notices puts back a database holding only the last id it handed
+    out, so a client resuming with an id it saw does not skip the next daemon's events."""
+    first = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
+    for _ in range(3):
+        first.rpc("permission.demo")
+    last = first.rpc("system.status")["result"]["last_event_id"]
+    shutil.rmtree(first.data_dir)
+    wait_for(lambda: (first.data_dir / "daemon.db").exists(), timeout=5, message="the id floor left behind")
+    first.process.terminate()
+    assert first.process.wait(10) == 0
+    second = subprocess_daemon("--listen", "tcp://127.0.0.1:0", data_dir=first.data_dir)
+    second.rpc("permission.demo")
+    assert second.rpc("system.status")["result"]["last_event_id"] > last
 
 
 def test_a_daemon_whose_data_dir_was_deleted_leaves_its_successor_alone(subprocess_daemon):
