@@ -32,6 +32,7 @@ from .records import RecordTable
 from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .session import SessionLimits
+from .session_records import SessionRecords
 from .sessions import SessionManager
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, identity_of, read_json, remove_if_unchanged, remove_quietly)
@@ -201,6 +202,7 @@ class Daemon:
         # Clients and pending permission requests live in the same database as the events.
         self.client_table = self._open_record_table("clients")
         self.permission_table = self._open_record_table("permission_requests")
+        self.session_table = self._open_record_table("sessions")
         self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.identity_key))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
         self.clients.in_use = self.permissions.originator_keys
@@ -208,7 +210,7 @@ class Daemon:
         self.sessions = SessionManager(
             self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
-            supervision=options.supervision)
+            supervision=options.supervision, records=SessionRecords(self.session_table))
         self.metrics = Metrics(self.uptime_s, self.sessions.live_count)
         self.registry = build_registry(MethodContext(
             bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
@@ -216,6 +218,7 @@ class Daemon:
             request_shutdown=self.request_stop, rotate_token=self.rotate_token, uptime_s=self.uptime_s,
             sessions=self.sessions))
         self.permissions.restore()
+        self.sessions.restore()
         self.dispatcher = Dispatcher(self.registry, self._count_call)
         authenticator = Authenticator(self.tokens, self.audit, Throttle(clock=options.clock),
                                       allowed_hosts=self._allowed_hosts(),
@@ -426,6 +429,7 @@ class Daemon:
         self.clients.flush()
         self.client_table.close()
         self.permission_table.close()
+        self.session_table.close()
         self._remove_own_files()
         self.audit.close()
         log.info("stopped")

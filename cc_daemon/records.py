@@ -1,7 +1,7 @@
 """Durable records of services, in the daemon's database next to the event log.
 
 Owns: one small table per component mapping a key to a JSON record (the client registry
-by ``client_key``, pending permission requests by ``request_id``), written in one
+by ``client_key``, pending permission requests by ``request_id``, sessions by ``session_id``), written in one
 transaction per change set, so a crash leaves every record either old or new.
 
 Must not: interpret the records (each service owns its record format); open or version
@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from .database import migrate, open_database, rollback_quietly
 
 #: The record tables a daemon keeps.
-TABLES = ("clients", "permission_requests")
+TABLES = ("clients", "permission_requests", "sessions")
 
 
 def migrations(table: str) -> tuple[tuple[str, ...], ...]:

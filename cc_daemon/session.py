@@ -1,9 +1,10 @@
 """One session: a supervised agent runtime that frontends drive with turns and watch as events.
 
-Owns: a session's state machine (``TRANSITIONS``: ``starting`` -> ``idle`` <-> ``busy`` <->
-``waiting_permission``; ``restarting``, ``parked``, ``failed`` or ``stopped`` after its
-runtime exits, as its supervisor's ``Decision`` says; ``stopped`` when closed), changed only
-by ``Session._set_state``; its turns (a bounded queue, the originator of each,
+Owns: a session's life along ``session_states.TRANSITIONS`` (``starting`` or, after a daemon
+restart, ``resuming`` -> ``idle`` <-> ``busy`` <-> ``waiting_permission``; ``restarting``,
+``parked``, ``failed`` or ``stopped`` after its runtime exits, as its supervisor's
+``Decision`` says; ``stopped`` when closed; a parked one restarted), changed only by
+``Session._set_state``; keeping itself in ``session_records`` and coming back from them; its turns (a bounded queue, the originator of each,
 ``message_id`` idempotency, cancel with escalation, a per-turn time limit); turning every
 runtime message into a bus event carrying ``session_id`` and ``turn_id``; who approves for
 an unattended session that delegates to a client kind (its runtime's permission requests
@@ -37,38 +38,16 @@ from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .refused import Refused
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
+from .session_messages import RuntimeMessages
+from .session_records import (SessionRecords, originator_from, originator_record, spec_record, turn_from,
+                              turn_record)
 from .storage import DataDir
-from .supervisor import FAILED, PARKED, RESTARTING, STOPPED, ExitInfo, Runner, SupervisionConfig, Verdict
+from .session_states import (AFTER_EXIT, BUSY, ENDED_STATES, FAILED, IDLE, LIVE_STATES, PARKED, RESTARTING,  # noqa: F401
+                             RESUMING, STARTING, STATES, STOPPED, TRANSITIONS, WAITING_PERMISSION)
+from .supervisor import ExitInfo, Runner, SupervisionConfig, Verdict
 from .timers import Scheduler, TimerHandle
-from .transitions import Transitions
 
 log = logging.getLogger("cc_daemon.sessions")
-
-# -- states ---------------------------------------------------------------------------------
-# RESTARTING, PARKED, STOPPED and FAILED are the supervisor's: after an exit a session is in
-# its supervisor's state, which the ``Decision`` names (the one decision -> state mapping).
-STARTING, IDLE, BUSY, WAITING_PERMISSION = "starting", "idle", "busy", "waiting_permission"
-#: Where a runtime's exit leaves a session (one state per ``Decision``); ``close`` also stops.
-AFTER_EXIT = frozenset({RESTARTING, PARKED, STOPPED, FAILED})
-TRANSITIONS = Transitions("session", {
-    STARTING: {IDLE, *AFTER_EXIT},
-    IDLE: {BUSY, *AFTER_EXIT},
-    BUSY: {IDLE, WAITING_PERMISSION, *AFTER_EXIT},
-    # Staying: a second request while one is pending. To idle: the runtime ended the turn while
-    # an answer was on its way (cancelling the turn's requests found none left to cancel).
-    WAITING_PERMISSION: {BUSY, IDLE, WAITING_PERMISSION, *AFTER_EXIT},
-    # Staying: the respawn failed and is retried. Never failed: policy none never restarts.
-    RESTARTING: {STARTING, RESTARTING, PARKED, STOPPED},
-    PARKED: {STOPPED},
-    # Staying: closing a session whose runtime had exited with 0 (or whose stop was reported).
-    STOPPED: {STOPPED},
-    FAILED: {STOPPED},
-})
-STATES = TRANSITIONS.states
-#: States that hold a slot of the concurrent-session limit (a process runs or will run).
-LIVE_STATES = frozenset({STARTING, IDLE, BUSY, WAITING_PERMISSION, RESTARTING})
-ENDED_STATES = frozenset({PARKED, STOPPED, FAILED})
-
 
 class SessionRefused(Refused):
     """A call the session service refuses (the method layer gives each subclass its code)."""
@@ -131,6 +110,8 @@ class SessionServices:
     supervisor_factory: Callable[..., Runner]
     #: Told of a session that ended (parked, stopped, failed), with the session's lock held.
     on_ended: Callable[[Session], None]
+    #: Where sessions are kept across daemon restarts.
+    records: SessionRecords
 
 
 @dataclass
@@ -154,7 +135,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-class Session:
+class Session(RuntimeMessages):
     """One session: its runtime's supervisor, its turns and its state. Thread-safe."""
 
     def __init__(self, services: SessionServices, session_id: str, spec: SessionSpec, owner: Originator,
@@ -184,9 +165,16 @@ class Session:
                           "tool_end": self._on_tool_end, "permission_request": self._on_permission_request,
                           "permission_withdrawn": self._on_permission_withdrawn, "turn_done": self._on_turn_done,
                           "error": self._on_error, "log": self._on_log}
-        self.supervisor = services.supervisor_factory(
-            name=session_id, argv=argv, cwd=spec.cwd, env=spec.env,
-            stderr_log=services.data_dir.session_stderr(session_id), scheduler=services.scheduler,
+        self._argv = argv
+        self._state_reason: str | None = None
+        self.supervisor = self._new_supervisor()
+
+    def _new_supervisor(self) -> Runner:
+        """A supervisor with fresh backoff counters (at creation, and for ``restart``)."""
+        services, spec = self.services, self.spec
+        return services.supervisor_factory(
+            name=self.session_id, argv=self._argv, cwd=spec.cwd, env=spec.env,
+            stderr_log=services.data_dir.session_stderr(self.session_id), scheduler=services.scheduler,
             config=services.supervision, restart_policy=spec.restart, listener=self,
             greeting=self._init_message, goodbye=lambda reason: encode({"type": "stop", "reason": reason}))
 
@@ -202,6 +190,51 @@ class Session:
             log.warning("session %s is unattended with approve_via=allow: EVERY permission request its "
                         "runtime makes will be approved with no human asked", self.session_id)
         self.claim_approver(creator, explicit=False)
+        with self._lock:
+            self._persist()
+        self.supervisor.start()
+
+    def resume(self, record: dict[str, Any]) -> None:
+        """Bring the session back as its record left it when the daemon stopped or died.
+
+        The turn that was running is reported ``interrupted`` and never run again; the queued
+        ones run; a parked or failed session stays so. The runtime gets the resume token it
+        last reported; without one it starts afresh, and ``session_resumed`` says which."""
+        with self._lock:
+            self.created_at = record["created_at"]
+            self._turns_accepted = record["turns_accepted"]
+            self._resume_token = record.get("resume_token")
+            self.approver = originator_from(record.get("approver"))
+            self._usage = dict(record.get("usage") or {})
+            for turn in map(turn_from, record["queue"]):
+                self._queue.append(turn)
+                remember(self._message_ids, turn.message_id, turn, self.services.limits.max_message_ids)
+            if record.get("current"):
+                self._finish_turn(turn_from(record["current"]), "interrupted",
+                                  reason="the daemon stopped while this turn ran; it is not run again")
+            ended = record["state"] in ENDED_STATES
+            self.state = record["state"] if ended else RESUMING
+            self._state_reason = record.get("state_reason") if ended else "resuming after a daemon restart"
+            self._publish("session_resumed", {
+                "state": self.state, "reason": self._state_reason, "queued": len(self._queue),
+                "resume_token": self._resume_token is not None,
+                "fresh": not ended and self._resume_token is None})
+            self._persist()
+            if ended:
+                self.services.on_ended(self)
+                return
+        self.supervisor.start()
+
+    def restart(self, caller: Caller) -> None:
+        """Start a parked session's runtime again, with fresh backoff counters; why it was
+        parked stays in its history (the ``session_state`` event that parked it)."""
+        with self._lock:
+            if self.state != PARKED or self._closing:
+                raise SessionNotAccepting(f"Session {self.session_id} is {self.state}; only a parked session "
+                                          "can be restarted", session_id=self.session_id, state=self.state)
+            parked_because = self._state_reason
+            self.supervisor = self._new_supervisor()
+            self._set_state(STARTING, f"restarted by {caller.client_ref} (it was parked: {parked_because})")
         self.supervisor.start()
 
     def send(self, caller: Caller, text: str, message_id: str | None) -> Turn:
@@ -225,6 +258,7 @@ class Session:
             self.claim_approver(caller, explicit=False)
             self._queue.append(turn)
             self._dispatch()
+            self._persist()
             return turn
 
     def cancel(self, caller: Caller, turn_id: str | None) -> Turn | None:
@@ -318,7 +352,7 @@ class Session:
 
     def _ready_overdue(self, pid: int, timeout: float) -> None:
         with self._lock:
-            if self.state != STARTING or self.supervisor.snapshot().get("pid") != pid:
+            if self.state not in (STARTING, RESUMING) or self.supervisor.snapshot().get("pid") != pid:
                 return
             self._protocol_error("no_ready", f"no ready message within {timeout:g} s of starting pid {pid}; "
                                              "killing it", None)
@@ -366,65 +400,6 @@ class Session:
             self.supervisor.send(response)
             if not self._approvals.pending() and self.state == WAITING_PERMISSION:
                 self._set_state(BUSY, f"permission request {request.state}")
-
-    # -- runtime messages -------------------------------------------------------------------
-    def _on_ready(self, message: dict) -> None:
-        if self.state != STARTING:
-            return self._protocol_error("unexpected", f"ready while {self.state}", None)
-        self._disarm_ready_timer()
-        self.runtime_version = message.get("version")
-        self._set_state(IDLE, "runtime ready", runtime_version=self.runtime_version)
-        self._dispatch()
-
-    def _on_text(self, message: dict) -> None:
-        if turn := self._turn_of(message):
-            self._publish("text_chunk", {"turn_id": turn.turn_id, "text": message["text"]}, turn.originator)
-
-    def _on_tool_start(self, message: dict) -> None:
-        if turn := self._turn_of(message):
-            self._publish("tool_start", {"turn_id": turn.turn_id, "tool_use_id": message["tool_use_id"],
-                                         "tool": message["tool"], "input": message["input"]}, turn.originator)
-
-    def _on_tool_end(self, message: dict) -> None:
-        if turn := self._turn_of(message):
-            self._publish("tool_end", {"turn_id": turn.turn_id, "tool_use_id": message["tool_use_id"],
-                                       "ok": message["ok"], "output": message.get("output", "")}, turn.originator)
-
-    def _on_permission_request(self, message: dict) -> None:
-        turn = self._turn_of(message)
-        if turn is None:
-            return
-        if self._approvals.is_pending(message["request_id"]):
-            return self._protocol_error("duplicate_request", f"request_id {message['request_id']} is pending", None)
-        if self._approvals.ask(message, turn.turn_id, turn.originator, self.approver):
-            self._set_state(WAITING_PERMISSION, f"{message['tool']} needs permission")
-
-    def _on_permission_withdrawn(self, message: dict) -> None:
-        if self._turn_of(message) is None:
-            return
-        reason = message.get("reason") or "the runtime withdrew the question"
-        if self._approvals.withdraw(message["request_id"], reason) and not self._approvals.pending() \
-                and self.state == WAITING_PERMISSION:
-            self._set_state(BUSY, "permission request withdrawn")
-
-    def _on_turn_done(self, message: dict) -> None:
-        turn = self._turn_of(message)
-        if turn is None:
-            return
-        if message.get("resume_token"):
-            self._resume_token = message["resume_token"]
-        self._finish_turn(turn, message["status"], usage=message.get("usage"), reason=turn.cancel_reason)
-        self._set_state(IDLE, f"turn {message['status']}")
-        self._dispatch()
-
-    def _on_error(self, message: dict) -> None:
-        turn = self._current if self._current and self._current.turn_id == message.get("turn_id") else None
-        self._publish("runtime_error", {"turn_id": message.get("turn_id"), "message": message["message"]},
-                      turn.originator if turn else None)
-
-    def _on_log(self, message: dict) -> None:
-        log.debug("session %s runtime log (%s): %s", self.session_id, message["level"], message["message"])
-        self._publish("runtime_log", {"level": message["level"], "message": message["message"]})
 
     def _turn_of(self, message: dict) -> Turn | None:
         turn = self._current
@@ -492,6 +467,7 @@ class Session:
             data["reason"] = reason
         self._publish("turn_done", data, turn.originator)
         self._approvals.cancel(f"turn {status}")
+        self._persist()
 
     def _drop_queue(self, reason: str) -> None:
         while self._queue:
@@ -504,10 +480,23 @@ class Session:
         TRANSITIONS.check(self.state, state)
         if state == self.state:
             return
-        previous, self.state = self.state, state
+        previous, self.state, self._state_reason = self.state, state, reason
         self._publish("session_state", {"state": state, "previous": previous, "reason": reason, **extra})
+        self._persist()
         if state in ENDED_STATES:
             self.services.on_ended(self)
+
+    def _persist(self) -> None:
+        """Keep the session as it is now (the lock is held); a stopped one is forgotten."""
+        records = self.services.records
+        if self.state == STOPPED:
+            return records.forget(self.session_id)
+        records.save(self.session_id, {
+            "spec": spec_record(self.spec), "owner": originator_record(self.owner), "created_at": self.created_at,
+            "state": self.state, "state_reason": self._state_reason, "resume_token": self._resume_token,
+            "turns_accepted": self._turns_accepted, "approver": originator_record(self.approver),
+            "usage": self._usage, "queue": [turn_record(turn) for turn in self._queue],
+            "current": turn_record(self._current) if self._current is not None else None})
 
     def _announce_closed(self, reason: str, by: str | None) -> None:
         if self.closed_reason is None:

@@ -24,9 +24,10 @@ from .identity import Caller
 from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
-from .session import (ENDED_STATES, LIVE_STATES, STATES, PolicyIdentity, Session, SessionLimits, SessionNotAccepting,
+from .session import (ENDED_STATES, LIVE_STATES, PARKED, STATES, PolicyIdentity, Session, SessionLimits, SessionNotAccepting,
                       SessionRefused, SessionServices, SessionSpec, new_id)
 from .safe_paths import make_private_dir
+from .session_records import SessionRecords, originator_from, spec_from
 from .storage import DataDir
 from .supervisor import Runner, SupervisionConfig, Supervisor, child_env
 from .timers import Scheduler
@@ -49,12 +50,14 @@ class SessionManager:
 
     def __init__(self, bus: EventBus, permissions: PermissionStore, scheduler: Scheduler, data_dir: DataDir,
                  runtimes: RuntimeRegistry, *, limits: SessionLimits | None = None,
-                 supervision: SupervisionConfig | None = None, supervisor_factory: Callable[..., Runner] = Supervisor):
+                 supervision: SupervisionConfig | None = None, supervisor_factory: Callable[..., Runner] = Supervisor,
+                 records: SessionRecords | None = None):
         self.runtimes = runtimes
         self.limits = limits or SessionLimits()
         self.services = SessionServices(
             bus, permissions, scheduler, data_dir, self.limits, supervision or SupervisionConfig(),
-            PolicyIdentity(secrets.token_hex(32)), supervisor_factory, on_ended=self.session_ended)
+            PolicyIdentity(secrets.token_hex(32)), supervisor_factory, on_ended=self.session_ended,
+            records=records or SessionRecords(None))
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -83,6 +86,23 @@ class SessionManager:
                 del self._sessions[session.session_id]
             raise
         return session
+
+    def restore(self) -> None:
+        """Bring back every session the records keep (the daemon restarted); see ``Session.resume``.
+        One whose runtime can no longer run comes back parked, saying why."""
+        for session_id, record in sorted(self.services.records.load().items(),
+                                         key=lambda item: item[1]["created_at"]):
+            spec = spec_from(record["spec"])
+            try:
+                argv = self.runtimes.get(spec.runtime).launch(list(spec.args), spec.cwd,
+                                                              child_env(os.environ, spec.env))
+            except RuntimeUnavailable as exc:
+                argv = []
+                record = {**record, "state": PARKED, "state_reason": f"cannot resume: {exc}", "current": None}
+            session = Session(self.services, session_id, spec, originator_from(record["owner"]), argv)
+            with self._lock:
+                self._sessions[session_id] = session
+            session.resume(record)
 
     def get(self, session_id: str) -> Session:
         with self._lock:
@@ -113,6 +133,7 @@ class SessionManager:
 
     def close_all(self, reason: str) -> None:
         """Stop every session at once (daemon shutdown); returns when all are stopped."""
+        self.services.records.daemon_stopping()  # stopped by the daemon: they resume at its next start
         with self._lock:
             self._closed = True
             sessions = list(self._sessions.values())

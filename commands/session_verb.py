@@ -127,6 +127,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                    "cheetahclaws session close ses_0123456789abcdef")
     close.add_argument("session", metavar="SESSION", help=SESSION_HELP)
 
+    restart = action(actions, "restart", run_restart, "start a parked session's runtime again (fresh backoff)",
+                     "cheetahclaws session restart ses_0123456789abcdef")
+    restart.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+
     logs = action(actions, "logs", run_logs, "the session's stored events, one line each",
                   "cheetahclaws session logs ses_0123456789abcdef --since 40")
     logs.add_argument("session", metavar="SESSION", help=SESSION_HELP)
@@ -216,6 +220,15 @@ def run_cancel(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result = client.sessions.cancel(args.session, args.turn)
     print(f"cancelled {result['turn_id']}" if result["cancelled"] else "no turn to cancel")
+    return 0
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    from .common import connect
+
+    with connect(args) as client:
+        session = client.sessions.restart(args.session)
+    print(f"restarted {session['session_id']} ({session['state']})")
     return 0
 
 

@@ -17,6 +17,7 @@ from cc_daemon.identity import Caller
 from cc_daemon.methods.session import REFUSALS
 from cc_daemon.permissions import PermissionStore
 from cc_daemon.runtimes.registry import RuntimeRegistry
+from cc_daemon.session_records import SessionRecords
 from cc_daemon.session import (AFTER_EXIT, ENDED_STATES, LIVE_STATES, STATES, TRANSITIONS, ApproverRefused, Session,
                                SessionLimits, SessionNotAccepting, SessionRefused, SessionServices, SessionSpec,
                                Turn, TurnQueueFull)
@@ -120,7 +121,8 @@ class Rig:
         bus = EventBus(self.store)
         self.permissions = PermissionStore(bus, self.scheduler)
         self.services = SessionServices(bus, self.permissions, self.scheduler, DataDir(tmp_path), limits, CONFIG,
-                                        PolicyIdentity("policy-key"), FakeSupervisor, self.ended.append)
+                                        PolicyIdentity("policy-key"), FakeSupervisor, self.ended.append,
+                                        SessionRecords(None))
         self.session = Session(self.services, "ses_1", spec, ALICE.originator(), ["runtime"])
         # The manager's job, done here by hand: a resolved request goes back to its session.
         self.permissions.on_resolved(self.session.permission_resolved)
@@ -162,17 +164,20 @@ def rig(make) -> Rig:
 
 # -- the tables ---------------------------------------------------------------------------------
 def test_the_session_table_lists_the_real_moves_and_nothing_else():
-    assert STATES == ("starting", "idle", "busy", "waiting_permission", "restarting", "parked", "stopped", "failed")
+    assert STATES == ("starting", "resuming", "idle", "busy", "waiting_permission", "restarting", "parked", "stopped",
+                      "failed")
     ends = {"restarting", "parked", "stopped", "failed"}
     assert AFTER_EXIT == ends == {decision.state for decision in Decision}
     allowed = {(state, new) for state in STATES for new in STATES if TRANSITIONS.allows(state, new)}
     assert allowed == {
         *(("starting", new) for new in {"idle", *ends}),
+        *(("resuming", new) for new in {"idle", *ends}),
         *(("idle", new) for new in {"busy", *ends}),
         *(("busy", new) for new in {"idle", "waiting_permission", *ends}),
         *(("waiting_permission", new) for new in {"waiting_permission", "busy", "idle", *ends}),
         ("restarting", "starting"), ("restarting", "restarting"), ("restarting", "parked"),
-        ("restarting", "stopped"), ("parked", "stopped"), ("stopped", "stopped"), ("failed", "stopped")}
+        ("restarting", "stopped"), ("parked", "stopped"), ("parked", "starting"), ("stopped", "stopped"),
+        ("failed", "stopped")}
     assert LIVE_STATES | ENDED_STATES == set(STATES) and not LIVE_STATES & ENDED_STATES
     for state, new in (("idle", "waiting_permission"), ("starting", "busy"), ("parked", "idle"),
                        ("stopped", "starting"), ("restarting", "failed"), ("idle", "idle")):
@@ -190,9 +195,10 @@ def test_rfc_0004_lists_exactly_the_moves_of_the_table():
     assert documented == {(state, new) for state in STATES for new in STATES if TRANSITIONS.allows(state, new)}
 
 
-def test_an_ended_session_only_ever_stops():
+def test_an_ended_session_only_ever_stops_or_a_parked_one_is_restarted():
     for state in ENDED_STATES:
-        assert {new for new in STATES if TRANSITIONS.allows(state, new)} == {"stopped"}
+        restartable = {"starting"} if state == "parked" else set()
+        assert {new for new in STATES if TRANSITIONS.allows(state, new)} == {"stopped", *restartable}
 
 
 # -- a session's life -----------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class Sessions:
         """Stop the session's runtime process; the session's history stays readable."""
         return self._client.call("session.close", session_id=session_id)
 
+    def restart(self, session_id: str) -> Any:
+        """Start a parked session's runtime again (``SessionNotAccepting`` when it is not parked)."""
+        return self._client.call("session.restart", session_id=session_id)
+
     def list(self) -> list[dict[str, Any]]:
         """Every session the daemon knows, newest first."""
         result = self._client.call("session.list")

@@ -126,6 +126,16 @@ def register(registry: Registry, context: MethodContext) -> None:
         return session.snapshot(detail=True)
 
     @registry.method(
+        "session.restart",
+        summary="Start a parked session's runtime again, with fresh restart backoff; why it was parked stays "
+                "in its history.",
+        params=BY_ID, result=SESSION, errors=(NOT_FOUND,))
+    def restart(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        session.restart(call.caller)
+        return session.snapshot(detail=True)
+
+    @registry.method(
         "session.list", summary="Every session the daemon knows (ended ones for a while), newest first.",
         result=object_schema({"sessions": {"type": "array", "items": SESSION}}, ("sessions",)))
     def list_sessions(call: Call) -> dict:
