@@ -8,12 +8,13 @@ A parked session can be restarted with fresh backoff.
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
 
 from cc_daemon.client import SessionNotAccepting
-from helpers.frontend import Watcher, client_of, wait_state
+from helpers.frontend import Watcher, client_of, path_with_fake_claude, wait_state
 
 
 def test_kill_9_mid_turn_with_a_turn_queued(subprocess_daemon, tmp_path):
@@ -90,3 +91,32 @@ def test_only_a_parked_session_can_be_restarted(tcp_daemon, tmp_path):
     with pytest.raises(SessionNotAccepting) as caught:
         client.sessions.restart(session_id)
     assert caught.value.data["state"] == "idle"
+
+
+def test_a_resumed_claude_session_continues_its_conversation(subprocess_daemon, tmp_path):
+    """The resume token a runtime reported (Claude Code's session id) is handed back after
+    a daemon restart: the new claude process runs with --resume and that id."""
+    log = tmp_path / "claude.jsonl"
+    first = subprocess_daemon("--listen", "tcp://127.0.0.1:0")
+    client = client_of(first, "repl")
+    session_id = client.call("session.create", runtime="claude", cwd=str(tmp_path), env={
+        "PATH": path_with_fake_claude(), "FAKE_CLAUDE_LOG": str(log)})["session_id"]
+    watcher = Watcher(client, session_id, since=0)
+    turn = client.call("session.send", session_id=session_id, text="hello")["turn_id"]
+    watcher.wait("turn_done", turn_id=turn)
+    claude_session = next(e["data"]["message"] for e in watcher.find("runtime_log")
+                          if e["data"]["message"].startswith("claude session ")).split()[2].rstrip(",")
+    watcher.close()
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(10) == 0
+
+    second = subprocess_daemon("--listen", "tcp://127.0.0.1:0", data_dir=first.data_dir)
+    client = client_of(second, "repl")
+    watcher = Watcher(client, session_id, since=0)
+    assert watcher.wait("session_resumed")["data"]["resume_token"] is True
+    wait_state(client, session_id, "idle")
+    after = client.call("session.send", session_id=session_id, text="and now?")["turn_id"]
+    assert watcher.wait("turn_done", turn_id=after)["data"]["status"] == "completed"
+    argvs = [json.loads(line)["argv"] for line in log.read_text().splitlines() if "argv" in json.loads(line)]
+    assert "--resume" not in argvs[0] and argvs[1][argvs[1].index("--resume") + 1] == claude_session
+    watcher.close()
