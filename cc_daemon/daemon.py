@@ -33,6 +33,7 @@ from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .session import SessionLimits
 from .session_records import SessionRecords
+from .usage_ledger import DailyUsage
 from .sessions import SessionManager
 from .storage import (AlreadyRunning, DataDir, InstanceLock, PrivateRotatingFileHandler, atomic_write,
                       atomic_write_json, identity_of, read_json, remove_if_unchanged, remove_quietly)
@@ -203,6 +204,8 @@ class Daemon:
         self.client_table = self._open_record_table("clients")
         self.permission_table = self._open_record_table("permission_requests")
         self.session_table = self._open_record_table("sessions")
+        self.usage_table = self._open_record_table("daily_usage")
+        self.daily_usage = DailyUsage(self.usage_table)
         self.clients = ClientRegistry(self.client_table, load_or_create_key(self.data_dir.identity_key))
         self.permissions = PermissionStore(self.bus, self.scheduler, table=self.permission_table)
         self.clients.in_use = self.permissions.originator_keys
@@ -210,8 +213,9 @@ class Daemon:
         self.sessions = SessionManager(
             self.bus, self.permissions, self.scheduler, self.data_dir, self.runtimes,
             limits=SessionLimits(max_sessions=options.max_sessions, max_queued_turns=options.max_queued_turns),
-            supervision=options.supervision, records=SessionRecords(self.session_table))
-        self.metrics = Metrics(self.uptime_s, self.sessions.live_count)
+            supervision=options.supervision, records=SessionRecords(self.session_table),
+            usage=self.daily_usage)
+        self.metrics = Metrics(self.uptime_s, self.sessions.live_count, self.daily_usage.today)
         self.registry = build_registry(MethodContext(
             bus=self.bus, clients=self.clients, permissions=self.permissions, event_log=self.event_log,
             describe=self.describe,
@@ -430,6 +434,7 @@ class Daemon:
         self.client_table.close()
         self.permission_table.close()
         self.session_table.close()
+        self.usage_table.close()
         self._remove_own_files()
         self.audit.close()
         log.info("stopped")

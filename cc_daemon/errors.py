@@ -34,6 +34,8 @@ RUNTIME_UNAVAILABLE = -32012
 TURN_QUEUE_FULL = -32013
 SESSION_NOT_ACCEPTING = -32014
 APPROVER_REFUSED = -32015
+#: A limit given at session.create (max_turns, max_cost_usd, max_wall_s) is used up.
+BUDGET_EXHAUSTED = -32016
 
 #: Every code above by its name, for documentation and for the client's consistency test.
 CODES: dict[str, int] = {name: value for name, value in globals().items()

@@ -21,7 +21,8 @@ LabelKey = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    def __init__(self, uptime_s: Callable[[], float], active_sessions: Callable[[], int]) -> None:
+    def __init__(self, uptime_s: Callable[[], float], active_sessions: Callable[[], int],
+                 daily_usage: Callable[[], tuple[int | None, float | None]] = lambda: (None, None)) -> None:
         """``active_sessions``: sessions whose runtime runs or will restart (the reference counts
         its registered runtimes under the same name)."""
         self._lock = threading.Lock()
@@ -30,6 +31,7 @@ class Metrics:
         self._gauges: dict[str, Callable[[], float]] = {}
         self._uptime_s = uptime_s
         self._active_sessions = active_sessions
+        self._daily_usage = daily_usage
         self.gauge("ccd_uptime_seconds", "Seconds since the daemon started", uptime_s)
         self.gauge("ccd_sessions_active", "Sessions whose runtime runs or will restart", active_sessions)
 
@@ -40,9 +42,10 @@ class Metrics:
 
     def summary(self) -> dict[str, Any]:
         """The reference's JSON ``/metrics``. ``circuits`` is empty because the daemon has no
-        circuit breakers; ``daily_tokens`` and ``daily_cost_usd`` are null because it keeps no
-        sum of the usage its runtimes report (not yet: RFC 0001 §11)."""
-        return {**self.health(), "circuits": {}, "daily_tokens": None, "daily_cost_usd": None}
+        circuit breakers; ``daily_tokens`` and ``daily_cost_usd`` are today's (UTC) sums of what
+        runtimes reported (``usage_ledger``), null while none reported that figure today."""
+        tokens, cost = self._daily_usage()
+        return {**self.health(), "circuits": {}, "daily_tokens": tokens, "daily_cost_usd": cost}
 
     def describe_counter(self, name: str, help_text: str) -> None:
         self._help[name] = ("counter", help_text)

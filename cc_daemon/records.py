@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from .database import migrate, open_database, rollback_quietly
 
 #: The record tables a daemon keeps.
-TABLES = ("clients", "permission_requests", "sessions")
+TABLES = ("clients", "permission_requests", "sessions", "daily_usage")
 
 
 def migrations(table: str) -> tuple[tuple[str, ...], ...]:

@@ -36,9 +36,11 @@ from .events import BusClosed, EventBus, EventNotDurable, Originator
 from .identity import Caller
 from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
+from .usage_ledger import DailyUsage
 from .refused import Refused
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
 from .session_messages import RuntimeMessages
+from .session_budget import Budget
 from .session_records import (SessionRecords, originator_from, originator_record, spec_record, turn_from,
                               turn_record)
 from .storage import DataDir
@@ -61,6 +63,10 @@ class TurnQueueFull(SessionRefused):
     """The session already has ``max_queued_turns`` turns queued."""
 
 
+class BudgetExhausted(SessionRefused):
+    """One of the session's limits (max_turns, max_cost_usd, max_wall_s) is used up."""
+
+
 class ApproverRefused(SessionRefused):
     """An explicit claim to approve for a session that the session does not grant."""
 
@@ -78,6 +84,9 @@ class SessionSpec:
     args: tuple[str, ...] = ()
     restart: str = "on-crash"
     max_turn_s: float | None = None
+    max_turns: int | None = None
+    max_cost_usd: float | None = None
+    max_wall_s: float | None = None
 
     @property
     def delegates_to_kind(self) -> bool:
@@ -112,6 +121,8 @@ class SessionServices:
     on_ended: Callable[[Session], None]
     #: Where sessions are kept across daemon restarts.
     records: SessionRecords
+    #: The per-day sums of what runtimes reported.
+    usage: DailyUsage
 
 
 @dataclass
@@ -166,6 +177,7 @@ class Session(RuntimeMessages):
                           "permission_withdrawn": self._on_permission_withdrawn, "turn_done": self._on_turn_done,
                           "error": self._on_error, "log": self._on_log}
         self._argv = argv
+        self._budget = Budget(spec.max_turns, spec.max_cost_usd, spec.max_wall_s)
         self._state_reason: str | None = None
         self.supervisor = self._new_supervisor()
 
@@ -206,6 +218,10 @@ class Session(RuntimeMessages):
             self._resume_token = record.get("resume_token")
             self.approver = originator_from(record.get("approver"))
             self._usage = dict(record.get("usage") or {})
+            budget = record.get("budget") or {}
+            self._budget.turns_started = budget.get("turns_started", 0)
+            self._budget.wall_s_used = budget.get("wall_s_used", 0.0)
+            self._budget.exhausted = budget.get("exhausted")
             for turn in map(turn_from, record["queue"]):
                 self._queue.append(turn)
                 remember(self._message_ids, turn.message_id, turn, self.services.limits.max_message_ids)
@@ -245,6 +261,10 @@ class Session(RuntimeMessages):
             if self.state not in LIVE_STATES or self._closing:
                 raise SessionNotAccepting(f"Session {self.session_id} is {self.state} and takes no turns",
                                           session_id=self.session_id, state=self.state)
+            why_not = self._budget.refusal(len(self._queue) + (self._current is not None))
+            if why_not is not None:
+                raise BudgetExhausted(f"Session {self.session_id} takes no more turns: {why_not}",
+                                      session_id=self.session_id, budget=self._budget.summary(self._usage.get("cost_usd")))
             limit = self.services.limits.max_queued_turns
             if len(self._queue) >= limit:
                 raise TurnQueueFull(f"Session {self.session_id} already has {limit} turns queued",
@@ -325,7 +345,8 @@ class Session(RuntimeMessages):
                 "owner": self.owner.public(), "created_at": self.created_at, "restart": spec.restart,
                 "max_turn_s": spec.max_turn_s, "turns": self._turns_accepted, "queued": len(self._queue),
                 "current_turn": self._current.summary() if self._current is not None else None,
-                "usage": dict(self._usage), "closed_reason": self.closed_reason}
+                "usage": dict(self._usage), "budget": self._budget.summary(self._usage.get("cost_usd")),
+                "closed_reason": self.closed_reason}
             if detail:
                 out.update({
                     "args": list(spec.args), "env_names": sorted(spec.env),
@@ -428,6 +449,9 @@ class Session(RuntimeMessages):
         self._set_state(BUSY, f"turn {turn.turn_id} started")
         if self.spec.max_turn_s is not None:
             turn.timers.append(self.services.scheduler.call_later(self.spec.max_turn_s, lambda: self._time_out(turn)))
+        wall_left = self._budget.start_turn()
+        if wall_left is not None:
+            turn.timers.append(self.services.scheduler.call_later(wall_left, lambda: self._wall_budget_reached(turn)))
         self.supervisor.send(encode({"type": "turn", "turn_id": turn.turn_id, "text": turn.text}))
 
     def _cancel_current(self, reason: str, by: str | None) -> None:
@@ -446,6 +470,11 @@ class Session(RuntimeMessages):
             if self._current is turn:
                 self._cancel_current(f"max_turn_s ({self.spec.max_turn_s:g} s) exceeded", by=None)
 
+    def _wall_budget_reached(self, turn: Turn) -> None:
+        with self._lock:
+            if self._current is turn:
+                self._cancel_current(f"the max_wall_s budget ({self.spec.max_wall_s:g} s) is used up", by=None)
+
     def _cancel_overdue(self, turn: Turn, grace: float) -> None:
         with self._lock:
             if self._current is not turn:
@@ -463,10 +492,17 @@ class Session(RuntimeMessages):
             for name, value in usage.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "duration_ms":
                     self._usage[name] = self._usage.get(name, 0) + value
+            self.services.usage.add(usage)
         if reason:
             data["reason"] = reason
         self._publish("turn_done", data, turn.originator)
         self._approvals.cancel(f"turn {status}")
+        if turn.started_at is not None:
+            exhausted = self._budget.end_turn(time.time() - turn.started_at, self._usage.get("cost_usd", 0))
+            if exhausted is not None:
+                self._publish("budget_exhausted", {"limit": exhausted, "turn_id": turn.turn_id,
+                                                   **self._budget.summary(self._usage.get("cost_usd"))})
+                self._drop_queue(f"the session's {exhausted} budget is used up")
         self._persist()
 
     def _drop_queue(self, reason: str) -> None:
@@ -495,7 +531,7 @@ class Session(RuntimeMessages):
             "spec": spec_record(self.spec), "owner": originator_record(self.owner), "created_at": self.created_at,
             "state": self.state, "state_reason": self._state_reason, "resume_token": self._resume_token,
             "turns_accepted": self._turns_accepted, "approver": originator_record(self.approver),
-            "usage": self._usage, "queue": [turn_record(turn) for turn in self._queue],
+            "usage": self._usage, "budget": self._budget.record(), "queue": [turn_record(turn) for turn in self._queue],
             "current": turn_record(self._current) if self._current is not None else None})
 
     def _announce_closed(self, reason: str, by: str | None) -> None:

@@ -2,7 +2,7 @@
 
 Owns: the record of one session (its definition, state and the reason for it, the turn
 that was running, the queued turns with their originators, the runtime's resume token, the
-approver, the usage so far) in the ``sessions`` record table, written when any of these
+approver, the usage and budget so far) in the ``sessions`` record table, written when any of these
 changes (per turn and per state change, never per output chunk), and forgotten when the
 session stops; and the daemon's stop, after which nothing is written any more, so that
 the records say what was live and resumes at the next start.
@@ -66,7 +66,8 @@ class SessionRecords:
 def spec_record(spec: SessionSpec) -> dict[str, Any]:
     return {"runtime": spec.runtime, "cwd": str(spec.cwd), "name": spec.name, "mode": spec.mode,
             "approve_via": spec.approve_via, "env": dict(spec.env), "args": list(spec.args),
-            "restart": spec.restart, "max_turn_s": spec.max_turn_s}
+            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "max_turns": spec.max_turns,
+            "max_cost_usd": spec.max_cost_usd, "max_wall_s": spec.max_wall_s}
 
 
 def spec_from(record: dict[str, Any]) -> SessionSpec:

@@ -28,6 +28,7 @@ from .session import (ENDED_STATES, LIVE_STATES, PARKED, STATES, PolicyIdentity,
                       SessionRefused, SessionServices, SessionSpec, new_id)
 from .safe_paths import make_private_dir
 from .session_records import SessionRecords, originator_from, spec_from
+from .usage_ledger import DailyUsage
 from .storage import DataDir
 from .supervisor import Runner, SupervisionConfig, Supervisor, child_env
 from .timers import Scheduler
@@ -51,13 +52,13 @@ class SessionManager:
     def __init__(self, bus: EventBus, permissions: PermissionStore, scheduler: Scheduler, data_dir: DataDir,
                  runtimes: RuntimeRegistry, *, limits: SessionLimits | None = None,
                  supervision: SupervisionConfig | None = None, supervisor_factory: Callable[..., Runner] = Supervisor,
-                 records: SessionRecords | None = None):
+                 records: SessionRecords | None = None, usage: DailyUsage | None = None):
         self.runtimes = runtimes
         self.limits = limits or SessionLimits()
         self.services = SessionServices(
             bus, permissions, scheduler, data_dir, self.limits, supervision or SupervisionConfig(),
             PolicyIdentity(secrets.token_hex(32)), supervisor_factory, on_ended=self.session_ended,
-            records=records or SessionRecords(None))
+            records=records or SessionRecords(None), usage=usage or DailyUsage(None))
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()

@@ -18,6 +18,7 @@ from cc_daemon.methods.session import REFUSALS
 from cc_daemon.permissions import PermissionStore
 from cc_daemon.runtimes.registry import RuntimeRegistry
 from cc_daemon.session_records import SessionRecords
+from cc_daemon.usage_ledger import DailyUsage
 from cc_daemon.session import (AFTER_EXIT, ENDED_STATES, LIVE_STATES, STATES, TRANSITIONS, ApproverRefused, Session,
                                SessionLimits, SessionNotAccepting, SessionRefused, SessionServices, SessionSpec,
                                Turn, TurnQueueFull)
@@ -122,7 +123,7 @@ class Rig:
         self.permissions = PermissionStore(bus, self.scheduler)
         self.services = SessionServices(bus, self.permissions, self.scheduler, DataDir(tmp_path), limits, CONFIG,
                                         PolicyIdentity("policy-key"), FakeSupervisor, self.ended.append,
-                                        SessionRecords(None))
+                                        SessionRecords(None), DailyUsage(None))
         self.session = Session(self.services, "ses_1", spec, ALICE.originator(), ["runtime"])
         # The manager's job, done here by hand: a resolved request goes back to its session.
         self.permissions.on_resolved(self.session.permission_resolved)

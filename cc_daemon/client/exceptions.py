@@ -181,9 +181,16 @@ class ApproverRefused(RpcCallError):
     code = errors.APPROVER_REFUSED
 
 
+class BudgetExhausted(RpcCallError):
+    """-32016: the session's max_turns, max_cost_usd or max_wall_s is used up (``data.budget``)."""
+
+    code = errors.BUDGET_EXHAUSTED
+
+
 _ERRORS_BY_CODE = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotOriginator, UnknownRequest,
     StorageUnavailable, ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
+    BudgetExhausted,
     ApproverRefused)}
 
 

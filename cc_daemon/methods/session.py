@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
-from ..errors import (APPROVER_REFUSED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
+from ..errors import (APPROVER_REFUSED, BUDGET_EXHAUSTED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
                       SESSION_NOT_FOUND, TURN_QUEUE_FULL)
 from ..json_values import find_bad_value
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
-from ..session import STATES, ApproverRefused, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
+from ..session import STATES, ApproverRefused, BudgetExhausted, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
 from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
 from ..supervisor import RESTART_POLICIES
 from . import MethodContext, translate_refusals
@@ -42,7 +42,7 @@ NOT_ACCEPTING = ErrorSpec(SESSION_NOT_ACCEPTING, "the session (or the daemon) is
 REFUSALS: dict[type[SessionRefused], int] = {
     SessionNotFound: SESSION_NOT_FOUND, SessionLimitReached: SESSION_LIMIT,
     SessionRuntimeUnavailable: RUNTIME_UNAVAILABLE, TurnQueueFull: TURN_QUEUE_FULL,
-    SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED}
+    SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED, BudgetExhausted: BUDGET_EXHAUSTED}
 
 
 def register(registry: Registry, context: MethodContext) -> None:
@@ -70,6 +70,12 @@ def register(registry: Registry, context: MethodContext) -> None:
                      "items": {"type": "string", "maxLength": 65536, "pattern": NO_NUL}},
             "restart": {"enum": list(RESTART_POLICIES), "default": "on-crash"},
             "max_turn_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "max_turns": {"type": "integer", "minimum": 1, "maximum": 1000000,
+                          "description": "budget: turns the session may start"},
+            "max_cost_usd": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000000,
+                             "description": "budget: the cost its runtime reports, summed"},
+            "max_wall_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 31536000,
+                           "description": "budget: seconds its turns run, summed"},
         }, ("runtime", "cwd")),
         result=SESSION,
         errors=(ErrorSpec(SESSION_LIMIT, "too many sessions running"),
@@ -85,7 +91,8 @@ def register(registry: Registry, context: MethodContext) -> None:
             runtime=params["runtime"], cwd=directory(params["cwd"]), name=params.get("name"), mode=mode,
             approve_via=params.get("approve_via", APPROVE_DENY), env=dict(params.get("env", {})),
             args=tuple(params.get("args", ())), restart=params.get("restart", "on-crash"),
-            max_turn_s=params.get("max_turn_s"))
+            max_turn_s=params.get("max_turn_s"), max_turns=params.get("max_turns"),
+            max_cost_usd=params.get("max_cost_usd"), max_wall_s=params.get("max_wall_s"))
         context.clients.confirm(call.caller)
         return sessions.create(call.caller, spec).snapshot(detail=True)
 
@@ -96,7 +103,8 @@ def register(registry: Registry, context: MethodContext) -> None:
                               "message_id": MESSAGE_ID, "origin": ORIGIN}, ("session_id", "text")),
         result=object_schema({"session_id": SESSION_ID, "turn_id": TURN_ID, "message_id": MESSAGE_ID},
                              ("session_id", "turn_id", "message_id")),
-        errors=(NOT_FOUND, NOT_ACCEPTING, ErrorSpec(TURN_QUEUE_FULL, "too many turns queued")))
+        errors=(NOT_FOUND, NOT_ACCEPTING, ErrorSpec(TURN_QUEUE_FULL, "too many turns queued"),
+                ErrorSpec(BUDGET_EXHAUSTED, "a budget given at create is used up")))
     def send(call: Call) -> dict:
         session = sessions.get(call.params["session_id"])
         context.clients.confirm(call.caller)  # the originator must be able to resume its id
