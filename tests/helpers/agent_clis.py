@@ -33,7 +33,12 @@ def install() -> tuple[Path | None, str]:
     if npm is None or shutil.which("node") is None:
         return None, "node and npm are not on this machine, so the real agent CLIs cannot be installed"
     PREFIX.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX), *wanted],
+    # --prefix also moves npm's global config to <prefix>/etc/npmrc, losing the machine's
+    # (where a CA file may be set, as on CI machines behind a proxy): name it explicitly.
+    machine_config = subprocess.run([npm, "config", "get", "globalconfig"], capture_output=True, text=True,
+                                    timeout=60).stdout.strip()
+    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX),
+                           *(["--globalconfig", machine_config] if machine_config else []), *wanted],
                           capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
                           env={**os.environ, "npm_config_cache": str(PREFIX / "npm-cache")})
     if done.returncode != 0 or not all(installed(p) for p in PINNED):
