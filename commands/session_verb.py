@@ -74,6 +74,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     new.add_argument("--restart", choices=("never", "on-crash", "always"),
                      help="restart policy when the runtime exits (default on-crash)")
     new.add_argument("--max-turn-s", type=float, metavar="S", help="cancel a turn that runs longer than S seconds")
+    new.add_argument("--max-turns", type=int, metavar="N", help="budget: the session starts at most N turns")
+    new.add_argument("--max-cost-usd", type=float, metavar="USD", help="budget: the cost its runtime reports, summed")
+    new.add_argument("--max-wall-s", type=float, metavar="S", help="budget: seconds its turns run, summed")
     new.add_argument("--json", action="store_true", help="print the whole new session as JSON")
 
     send = action(actions, "send", run_send, "start a turn (with --wait: follow it to its end)",
@@ -163,7 +166,8 @@ def run_new(args: argparse.Namespace) -> int:
         session = client.sessions.create(
             args.runtime, Path(args.cwd or ".").expanduser(), name=args.name, mode=args.mode,
             approve_via=args.approve_via, env=dict(args.env) if args.env else None, args=args.runtime_args,
-            restart=args.restart, max_turn_s=args.max_turn_s)
+            restart=args.restart, max_turn_s=args.max_turn_s, max_turns=args.max_turns,
+            max_cost_usd=args.max_cost_usd, max_wall_s=args.max_wall_s)
     print(json.dumps(session, indent=2, ensure_ascii=False) if args.json else session["session_id"])
     return 0
 

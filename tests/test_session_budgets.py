@@ -53,3 +53,13 @@ def test_max_wall_s_cancels_the_running_turn_and_names_the_limit(tcp_daemon, tmp
     with pytest.raises(BudgetExhausted):
         client.call("session.send", session_id=session_id, text="hello")
     watcher.close()
+
+
+def test_the_cli_gives_a_budget_at_creation(tcp_daemon, tmp_path):
+    from helpers.daemons import cli
+
+    created = cli("session", "new", "demo", "--cwd", str(tmp_path), "--max-turns", "2", "--max-wall-s", "60",
+                  "--data-dir", str(tcp_daemon.data_dir))
+    assert created.returncode == 0, created.stderr
+    session = client_of(tcp_daemon, "repl").call("session.get", session_id=created.stdout.strip())
+    assert session["budget"]["max_turns"] == 2 and session["budget"]["max_wall_s"] == 60

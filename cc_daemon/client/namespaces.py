@@ -30,14 +30,17 @@ class Sessions:
     def create(self, runtime: str, cwd: str | os.PathLike[str], *, name: str | None = None,
                mode: str | None = None, approve_via: str | None = None, env: dict[str, str] | None = None,
                args: list[str] | None = None, restart: str | None = None,
-               max_turn_s: float | None = None) -> dict[str, Any]:
+               max_turn_s: float | None = None, max_turns: int | None = None, max_cost_usd: float | None = None,
+               max_wall_s: float | None = None) -> dict[str, Any]:
         """Start a session of ``runtime`` (e.g. ``"demo"``) in ``cwd``; returns the session.
 
         ``mode``: ``"interactive"`` (default) or ``"unattended"`` (then ``approve_via``:
-        ``deny``, ``allow`` or a client kind answers its permission requests)."""
+        ``deny``, ``allow`` or a client kind answers its permission requests). ``max_turns``,
+        ``max_cost_usd``, ``max_wall_s``: a budget; past it sends raise ``BudgetExhausted``."""
         return self._client.call("session.create", **_params(
             runtime=runtime, cwd=os.fspath(Path(cwd).absolute()), name=name, mode=mode, approve_via=approve_via,
-            env=env, args=args, restart=restart, max_turn_s=max_turn_s))
+            env=env, args=args, restart=restart, max_turn_s=max_turn_s, max_turns=max_turns,
+            max_cost_usd=max_cost_usd, max_wall_s=max_wall_s))
 
     def send(self, session_id: str, text: str, *, message_id: str | None = None) -> dict[str, Any]:
         """Start a turn (this client becomes its originator); returns ``{session_id, turn_id,
