@@ -32,15 +32,17 @@ def install() -> tuple[Path | None, str]:
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         return None, "node and npm are not on this machine, so the real agent CLIs cannot be installed"
-    PREFIX.mkdir(parents=True, exist_ok=True)
+    (PREFIX / "home").mkdir(parents=True, exist_ok=True)
     # --prefix also moves npm's global config to <prefix>/etc/npmrc, losing the machine's
     # (where a CA file may be set, as on CI machines behind a proxy): name it explicitly.
+    # npm writes its cache and logs under $HOME: this module-scoped install runs before a
+    # test's private home exists, so it gets one of its own inside the prefix.
+    env = {**os.environ, "HOME": str(PREFIX / "home"), "npm_config_cache": str(PREFIX / "npm-cache")}
     machine_config = subprocess.run([npm, "config", "get", "globalconfig"], capture_output=True, text=True,
-                                    timeout=60).stdout.strip()
+                                    timeout=60, env=env).stdout.strip()
     done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX),
                            *(["--globalconfig", machine_config] if machine_config else []), *wanted],
-                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-                          env={**os.environ, "npm_config_cache": str(PREFIX / "npm-cache")})
+                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env)
     if done.returncode != 0 or not all(installed(p) for p in PINNED):
         return None, f"npm install {' '.join(wanted)} failed: {done.stderr.strip()[-500:]}"
     stamp.write_text("\n".join(wanted))
