@@ -96,7 +96,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     send.add_argument("--message-id", metavar="ID",
                       help="idempotency key: sending the same id again never starts a second turn")
 
-    ls = action(actions, "ls", run_ls, "list sessions: id, name, state, runtime, cwd, age, last activity",
+    ls = action(actions, "ls", run_ls, "list sessions: id, name, state, runtime, cwd, age, tokens, cost, last activity",
                 "cheetahclaws session ls --json | jq '.[].state'")
     ls.add_argument("--json", action="store_true", help="print the sessions as JSON")
 
@@ -262,11 +262,21 @@ def run_ls(args: argparse.Namespace) -> int:
         return 0
     now, style = time.time(), Style(sys.stdout)
     rows = [[s["session_id"], s.get("name") or "-", s["state"], s["runtime"], home_relative(s["cwd"]),
-             duration(now - s["created_at"]),
+             duration(now - s["created_at"]), *usage_cells(s.get("usage") or {}),
              f"{duration(now - s['last_activity_at'])} ago" if s["last_activity_at"] else "-"] for s in sessions]
-    print_table(["ID", "NAME", "STATE", "RUNTIME", "CWD", "AGE", "LAST ACTIVITY"], rows,
+    print_table(["ID", "NAME", "STATE", "RUNTIME", "CWD", "AGE", "TOKENS", "COST", "LAST ACTIVITY"], rows,
                 lambda column, text: style(state_colour(text), text) if column == 2 else text)
     return 0
+
+
+def usage_cells(usage: dict[str, Any]) -> list[str]:
+    """Tokens and cost as the runtime reported them, summed; "-" for what it never reported
+    (not a zero: a runtime that reports no cost has not cost nothing)."""
+    from cc_daemon.usage_ledger import TOKEN_FIELDS
+
+    tokens = [usage[name] for name in TOKEN_FIELDS if name in usage]
+    cost = usage.get("cost_usd")
+    return [f"{sum(tokens):,}" if tokens else "-", f"${cost:.4f}" if cost is not None else "-"]
 
 
 def last_activity(client: Any, sessions: list[dict[str, Any]]) -> dict[str, float]:

@@ -155,9 +155,11 @@ def test_session_new_send_ls_show_logs_cancel_close(unix_daemon, tmp_path):
     assert "You said: hello from the cli" in said and "completed" in said
 
     table = ok("session", "ls", *at(unix_daemon)).stdout.splitlines()
-    assert table[0].split() == ["ID", "NAME", "STATE", "RUNTIME", "CWD", "AGE", "LAST", "ACTIVITY"]
+    assert table[0].split() == ["ID", "NAME", "STATE", "RUNTIME", "CWD", "AGE", "TOKENS", "COST", "LAST", "ACTIVITY"]
     row = next(line for line in table if line.startswith(session))
     assert row.split()[1:5] == ["cli-test", "idle", "demo", str(tmp_path)] and row.endswith("s ago")
+    # The demo counts a word as a token: 4 in ("hello from the cli"), 6 out ("You said: ...").
+    assert row.split()[6:8] == ["10", "$0.0000"]
     listed = json.loads(ok("session", "ls", "--json", *at(unix_daemon)).stdout)
     assert listed[0]["session_id"] == session and listed[0]["last_activity_at"] >= listed[0]["created_at"]
 
