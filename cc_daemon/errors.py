@@ -36,6 +36,12 @@ SESSION_NOT_ACCEPTING = -32014
 APPROVER_REFUSED = -32015
 #: A limit given at session.create (max_turns, max_cost_usd, max_wall_s) is used up.
 BUDGET_EXHAUSTED = -32016
+#: session.create with isolation "worktree": the cwd is in no git work tree.
+NOT_A_GIT_REPOSITORY = -32017
+#: session.create with isolation "worktree": no branch can be made (no commit, uncommitted changes, git failed).
+WORKTREE_UNAVAILABLE = -32018
+#: session.create with isolation "worktree": git is not on the daemon's PATH.
+GIT_MISSING = -32019
 
 #: Every code above by its name, for documentation and for the client's consistency test.
 CODES: dict[str, int] = {name: value for name, value in globals().items()

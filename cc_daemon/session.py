@@ -87,6 +87,8 @@ class SessionSpec:
     max_turns: int | None = None
     max_cost_usd: float | None = None
     max_wall_s: float | None = None
+    #: ``worktrees.Worktree.record()`` of a session isolated in its own git worktree (``cwd`` is in it).
+    worktree: dict[str, Any] | None = None
 
     @property
     def delegates_to_kind(self) -> bool:
@@ -196,7 +198,8 @@ class Session(RuntimeMessages):
         self._publish("session_created", {
             "session_id": self.session_id, "name": spec.name, "runtime": spec.runtime, "cwd": str(spec.cwd),
             "mode": spec.mode, "approve_via": spec.approve_via if spec.mode == UNATTENDED else None,
-            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "state": self.state}, self.owner,
+            "restart": spec.restart, "max_turn_s": spec.max_turn_s, "worktree": spec.worktree, "state": self.state},
+            self.owner,
             acknowledged=True)
         if spec.mode == UNATTENDED and spec.approve_via == APPROVE_ALLOW:
             log.warning("session %s is unattended with approve_via=allow: EVERY permission request its "
@@ -346,7 +349,7 @@ class Session(RuntimeMessages):
                 "max_turn_s": spec.max_turn_s, "turns": self._turns_accepted, "queued": len(self._queue),
                 "current_turn": self._current.summary() if self._current is not None else None,
                 "usage": dict(self._usage), "budget": self._budget.summary(self._usage.get("cost_usd")),
-                "closed_reason": self.closed_reason}
+                "worktree": spec.worktree, "closed_reason": self.closed_reason}
             if detail:
                 out.update({
                     "args": list(spec.args), "env_names": sorted(spec.env),

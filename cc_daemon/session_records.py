@@ -67,7 +67,7 @@ def spec_record(spec: SessionSpec) -> dict[str, Any]:
     return {"runtime": spec.runtime, "cwd": str(spec.cwd), "name": spec.name, "mode": spec.mode,
             "approve_via": spec.approve_via, "env": dict(spec.env), "args": list(spec.args),
             "restart": spec.restart, "max_turn_s": spec.max_turn_s, "max_turns": spec.max_turns,
-            "max_cost_usd": spec.max_cost_usd, "max_wall_s": spec.max_wall_s}
+            "max_cost_usd": spec.max_cost_usd, "max_wall_s": spec.max_wall_s, "worktree": spec.worktree}
 
 
 def spec_from(record: dict[str, Any]) -> SessionSpec:

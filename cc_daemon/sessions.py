@@ -5,7 +5,9 @@ command line, within the limit of concurrent live sessions), finding it by id, l
 forgetting the oldest ended ones, closing them all at shutdown, and routing each resolved
 permission request to its session; and the refusals of those calls, as domain exceptions
 (``session.SessionRefused``) that the method layer maps to error codes. One session, its
-state machine and its turns are ``session.Session``.
+state machine and its turns are ``session.Session``. A session isolated in a git worktree
+(``worktrees``) gets it before it starts, and loses it when it is closed or its runtime
+ends it, never when the daemon stops (it resumes there).
 
 Must not: know about HTTP or JSON-RPC, or reach into a session: it calls a session's
 methods and reads its state. Its lock is never held while calling a session.
@@ -13,25 +15,31 @@ methods and reads its state. Its lock is never held while calling a session.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
 from collections import OrderedDict
-from typing import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
 
-from .events import EventBus, EventNotDurable
+from .events import BusClosed, EventBus, EventNotDurable
 from .identity import Caller
 from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
-from .session import (ENDED_STATES, LIVE_STATES, PARKED, STATES, PolicyIdentity, Session, SessionLimits, SessionNotAccepting,
-                      SessionRefused, SessionServices, SessionSpec, new_id)
+from .session import (ENDED_STATES, LIVE_STATES, PARKED, STATES, STOPPED, PolicyIdentity, Session, SessionLimits,
+                      SessionNotAccepting, SessionRefused, SessionServices, SessionSpec, new_id)
 from .safe_paths import make_private_dir
 from .session_records import SessionRecords, originator_from, spec_from
 from .usage_ledger import DailyUsage
 from .storage import DataDir
 from .supervisor import Runner, SupervisionConfig, Supervisor, child_env
 from .timers import Scheduler
+from .worktrees import Worktree, Worktrees
+
+log = logging.getLogger("cc_daemon.sessions")
 
 
 class SessionNotFound(SessionRefused):
@@ -52,8 +60,10 @@ class SessionManager:
     def __init__(self, bus: EventBus, permissions: PermissionStore, scheduler: Scheduler, data_dir: DataDir,
                  runtimes: RuntimeRegistry, *, limits: SessionLimits | None = None,
                  supervision: SupervisionConfig | None = None, supervisor_factory: Callable[..., Runner] = Supervisor,
-                 records: SessionRecords | None = None, usage: DailyUsage | None = None):
+                 records: SessionRecords | None = None, usage: DailyUsage | None = None,
+                 worktrees: Worktrees | None = None):
         self.runtimes = runtimes
+        self.worktrees = worktrees or Worktrees(data_dir.worktrees_dir)
         self.limits = limits or SessionLimits()
         self.services = SessionServices(
             bus, permissions, scheduler, data_dir, self.limits, supervision or SupervisionConfig(),
@@ -63,10 +73,28 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._closed = False
+        #: Sessions ``close`` is closing (it releases their worktree as asked) and those released.
+        self._closing: set[str] = set()
+        self._released: set[str] = set()
         make_private_dir(data_dir.sessions_dir)
         permissions.on_resolved(self._permission_resolved)
 
-    def create(self, caller: Caller, spec: SessionSpec) -> Session:
+    def create(self, caller: Caller, spec: SessionSpec, *, isolation: str = "none") -> Session:
+        """Start a session; with ``isolation="worktree"`` in a worktree of its own, made first
+        (``worktrees.WorktreeRefused`` when it cannot be) and removed again if the session
+        does not start."""
+        session_id = new_id("ses")
+        worktree = self.worktrees.create(spec.cwd, session_id) if isolation == "worktree" else None
+        if worktree is not None:
+            spec = replace(spec, cwd=Path(worktree.cwd), worktree=worktree.record())
+        try:
+            return self._start(caller, session_id, spec)
+        except BaseException:
+            if worktree is not None:
+                self.worktrees.remove(worktree, delete_branch=True, discard_changes=True)
+            raise
+
+    def _start(self, caller: Caller, session_id: str, spec: SessionSpec) -> Session:
         try:
             argv = self.runtimes.get(spec.runtime).launch(list(spec.args), spec.cwd, child_env(os.environ, spec.env))
         except RuntimeUnavailable as exc:
@@ -78,7 +106,7 @@ class SessionManager:
             if live >= self.limits.max_sessions:
                 raise SessionLimitReached(f"Too many sessions: {live} of {self.limits.max_sessions} are running; "
                                           "close one first", limit=self.limits.max_sessions)
-            session = Session(self.services, new_id("ses"), spec, caller.originator(), argv)
+            session = Session(self.services, session_id, spec, caller.originator(), argv)
             self._sessions[session.session_id] = session
         try:
             session.start(caller)
@@ -132,6 +160,20 @@ class SessionManager:
             counts[session.state] += 1
         return {state: count for state, count in counts.items() if count}
 
+    def close(self, session: Session, caller: Caller, *, delete_branch: bool = False,
+              discard_changes: bool = False) -> dict[str, Any] | None:
+        """Close ``session`` for ``caller``; its worktree goes (kept when it holds changes,
+        unless ``discard_changes``), its branch stays unless ``delete_branch``. Returns what
+        became of the worktree (None: it has none, or it was released before)."""
+        with self._lock:
+            self._closing.add(session.session_id)
+        try:
+            session.close(f"closed by {caller.client_ref}", caller.client_ref)
+        finally:
+            with self._lock:
+                self._closing.discard(session.session_id)
+        return self._release_worktree(session, delete_branch=delete_branch, discard_changes=discard_changes)
+
     def close_all(self, reason: str) -> None:
         """Stop every session at once (daemon shutdown); returns when all are stopped."""
         self.services.records.daemon_stopping()  # stopped by the daemon: they resume at its next start
@@ -146,11 +188,31 @@ class SessionManager:
             closer.join()
 
     def session_ended(self, session: Session) -> None:
-        """Keep at most ``max_ended_sessions`` ended sessions around; forget the oldest."""
+        """Keep at most ``max_ended_sessions`` ended sessions around; forget the oldest. A
+        session whose runtime stopped it loses its worktree now (``close`` releases its own)."""
         with self._lock:
             for oldest in remember(self._ended, session.session_id, None, self.limits.max_ended_sessions):
                 if self._sessions.get(oldest) is not None and self._sessions[oldest].state in ENDED_STATES:
                     del self._sessions[oldest]
+                    self._released.discard(oldest)
+            stopped_itself = not self._closed and session.session_id not in self._closing
+        if session.state == STOPPED and stopped_itself:
+            self._release_worktree(session)
+
+    def _release_worktree(self, session: Session, **how: Any) -> dict[str, Any] | None:
+        if session.spec.worktree is None or session.state != STOPPED:
+            return None
+        with self._lock:
+            if session.session_id in self._released:
+                return None
+            self._released.add(session.session_id)
+        outcome = self.worktrees.remove(Worktree.from_record(session.spec.worktree), **how)
+        log.info("session %s: worktree %s", session.session_id, outcome)
+        try:
+            self.services.bus.publish("worktree_released", outcome, session_id=session.session_id)
+        except (BusClosed, EventNotDurable) as exc:  # the log line above is the record then
+            log.warning("session %s: worktree_released not recorded: %s", session.session_id, exc)
+        return outcome
 
     def _permission_resolved(self, request: PermissionRequest) -> None:
         if request.session_id is None:

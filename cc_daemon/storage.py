@@ -91,6 +91,11 @@ class DataDir:
         return self.sessions_dir / session_id / "stderr.log"
 
     @property
+    def worktrees_dir(self) -> Path:
+        """Where sessions created with ``isolation: "worktree"`` get their git worktrees."""
+        return self.root / "worktrees"
+
+    @property
     def identity_key(self) -> Path:
         """The daemon's secret for deriving client keys from client ids (RFC 0002)."""
         return self.root / "identity_key"

@@ -77,6 +77,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     new.add_argument("--max-turns", type=int, metavar="N", help="budget: the session starts at most N turns")
     new.add_argument("--max-cost-usd", type=float, metavar="USD", help="budget: the cost its runtime reports, summed")
     new.add_argument("--max-wall-s", type=float, metavar="S", help="budget: seconds its turns run, summed")
+    new.add_argument("--worktree", action="store_true",
+                     help="isolate it: a git worktree and branch of its own, made from the repository of --cwd")
     new.add_argument("--json", action="store_true", help="print the whole new session as JSON")
 
     send = action(actions, "send", run_send, "start a turn (with --wait: follow it to its end)",
@@ -129,6 +131,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     close = action(actions, "close", run_close, "stop the session's runtime; its history stays readable",
                    "cheetahclaws session close ses_0123456789abcdef")
     close.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    close.add_argument("--delete-branch", action="store_true", help="a worktree session: delete its branch too")
+    close.add_argument("--discard-changes", action="store_true",
+                       help="a worktree session: remove its worktree even with uncommitted changes in it")
 
     restart = action(actions, "restart", run_restart, "start a parked session's runtime again (fresh backoff)",
                      "cheetahclaws session restart ses_0123456789abcdef")
@@ -167,7 +172,8 @@ def run_new(args: argparse.Namespace) -> int:
             args.runtime, Path(args.cwd or ".").expanduser(), name=args.name, mode=args.mode,
             approve_via=args.approve_via, env=dict(args.env) if args.env else None, args=args.runtime_args,
             restart=args.restart, max_turn_s=args.max_turn_s, max_turns=args.max_turns,
-            max_cost_usd=args.max_cost_usd, max_wall_s=args.max_wall_s)
+            max_cost_usd=args.max_cost_usd, max_wall_s=args.max_wall_s,
+            isolation="worktree" if args.worktree else None)
     print(json.dumps(session, indent=2, ensure_ascii=False) if args.json else session["session_id"])
     return 0
 
@@ -240,8 +246,14 @@ def run_close(args: argparse.Namespace) -> int:
     from .common import connect
 
     with connect(args) as client:
-        session = client.sessions.close(args.session)
+        session = client.sessions.close(args.session, delete_branch=args.delete_branch or None,
+                                        discard_changes=args.discard_changes or None)
     print(f"closed {session['session_id']} ({session['state']})")
+    released = session.get("worktree_released")
+    if released:
+        print(f"worktree {released['path']}: {'removed' if released['removed'] else 'kept'}, branch "
+              f"{released['branch']} {'deleted' if released['branch_deleted'] else 'kept'}"
+              + (f" ({released['reason']})" if released["reason"] else ""))
     return 0
 
 
@@ -343,6 +355,9 @@ def session_details(session: dict[str, Any], now: float) -> Iterable[tuple[str, 
     yield "state", session["state"] + (f"  ({session['closed_reason']})" if session.get("closed_reason") else "")
     yield "runtime", " ".join(filter(None, (session["runtime"], session.get("runtime_version"))))
     yield "cwd", session["cwd"]
+    if session.get("worktree"):
+        worktree = session["worktree"]
+        yield "worktree", f"{worktree['path']}, branch {worktree['branch']} of {worktree['repo']}"
     mode = session["mode"]
     yield "mode", mode + (f", approved via {session['approve_via']}" if session.get("approve_via") else "")
     owner = session.get("owner") or {}

@@ -27,6 +27,7 @@ from cc_daemon.storage import DataDir
 from cc_daemon.supervisor import Decision, ExitInfo, SupervisionConfig, Verdict
 from cc_daemon.timers import TimerHandle
 from cc_daemon.transitions import IllegalTransition
+from cc_daemon.worktrees import WorktreeRefused
 
 CONFIG = SupervisionConfig(ready_timeout_s=30.0, cancel_grace_s=5.0)
 
@@ -474,5 +475,7 @@ def test_every_refusal_has_its_error_code():
     def subclasses(cls):
         return {cls, *(sub for direct in cls.__subclasses__() for sub in subclasses(direct))}
 
-    assert set(REFUSALS) == subclasses(SessionRefused) - {SessionRefused}
+    # A worktree is made for the manager before any session exists: its refusals are its own.
+    refusals = subclasses(SessionRefused) | subclasses(WorktreeRefused)
+    assert set(REFUSALS) == refusals - {SessionRefused, WorktreeRefused}
     assert len(set(REFUSALS.values())) == len(REFUSALS)

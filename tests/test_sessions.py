@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from cc_daemon import __version__
 from cc_daemon.client import InvalidParams, NotOriginator, RpcCallError
-from cc_daemon.errors import (APPROVER_REFUSED, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
-                              SESSION_NOT_FOUND, TURN_QUEUE_FULL)
+from cc_daemon.errors import (APPROVER_REFUSED, GIT_MISSING, NOT_A_GIT_REPOSITORY, RUNTIME_UNAVAILABLE, SESSION_LIMIT,
+                              SESSION_NOT_ACCEPTING, SESSION_NOT_FOUND, TURN_QUEUE_FULL, WORKTREE_UNAVAILABLE)
 from cc_daemon.supervisor import SupervisionConfig
 
 from helpers.daemons import cli, wait_for
@@ -305,8 +305,9 @@ def test_bad_requests_get_clear_errors(tcp_daemon, tmp_path):
     methods = {m["name"]: m for m in client.call("rpc.discover")["methods"]}
     assert {"session.create", "session.send", "session.cancel", "session.close", "session.list", "session.get",
             "session.history", "session.runtimes", "session.claim_approver"} <= set(methods)
-    assert {e["code"] for e in methods["session.create"]["errors"]} == {SESSION_LIMIT, RUNTIME_UNAVAILABLE,
-                                                                      SESSION_NOT_ACCEPTING}
+    assert {e["code"] for e in methods["session.create"]["errors"]} == {
+        SESSION_LIMIT, RUNTIME_UNAVAILABLE, SESSION_NOT_ACCEPTING, NOT_A_GIT_REPOSITORY, WORKTREE_UNAVAILABLE,
+        GIT_MISSING}
     assert client.call("system.ping") == "pong"
 
 

@@ -27,7 +27,8 @@ from .exceptions import (DaemonError, NotRunning, NoAnswer, ProtocolError, HttpS
                          VersionMismatch, RpcCallError, ParseError, InvalidRequest, MethodNotFound,
                          InvalidParams, InternalError, NotOriginator, UnknownRequest, StorageUnavailable,
                          ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull,
-                         SessionNotAccepting, ApproverRefused, BudgetExhausted, EventGap, EventLogReset, rpc_error)
+                         SessionNotAccepting, ApproverRefused, BudgetExhausted, NotAGitRepository, WorktreeUnavailable,
+                         GitMissing, EventGap, EventLogReset, rpc_error)
 from .namespaces import Permissions, Sessions, event_turn_id
 from .stream import EventStream
 
@@ -36,6 +37,7 @@ __all__ = [
     "HttpStatusError", "Unauthenticated", "RateLimited", "VersionMismatch", "RpcCallError", "ParseError",
     "InvalidRequest", "MethodNotFound", "InvalidParams", "InternalError", "NotOriginator", "UnknownRequest",
     "StorageUnavailable", "ReplyTooLarge", "SessionNotFound", "SessionLimit", "RuntimeUnavailable", "TurnQueueFull",
-    "SessionNotAccepting", "ApproverRefused", "BudgetExhausted", "EventGap", "EventLogReset", "rpc_error", "Permissions",
+    "SessionNotAccepting", "ApproverRefused", "BudgetExhausted", "NotAGitRepository", "WorktreeUnavailable",
+    "GitMissing", "EventGap", "EventLogReset", "rpc_error", "Permissions",
     "Sessions", "event_turn_id", "EventStream"
 ]

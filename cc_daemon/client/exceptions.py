@@ -187,11 +187,29 @@ class BudgetExhausted(RpcCallError):
     code = errors.BUDGET_EXHAUSTED
 
 
+class NotAGitRepository(RpcCallError):
+    """-32017: ``isolation: "worktree"`` asked for a cwd in no git work tree (``data.git`` has git's word)."""
+
+    code = errors.NOT_A_GIT_REPOSITORY
+
+
+class WorktreeUnavailable(RpcCallError):
+    """-32018: no worktree branch can be made: no commit yet, uncommitted changes to tracked files
+    (``data.changed``), or git failed (``data.reason`` says which)."""
+
+    code = errors.WORKTREE_UNAVAILABLE
+
+
+class GitMissing(RpcCallError):
+    """-32019: ``isolation: "worktree"`` needs git, and the daemon finds none on its PATH."""
+
+    code = errors.GIT_MISSING
+
+
 _ERRORS_BY_CODE = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotOriginator, UnknownRequest,
     StorageUnavailable, ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
-    BudgetExhausted,
-    ApproverRefused)}
+    BudgetExhausted, ApproverRefused, NotAGitRepository, WorktreeUnavailable, GitMissing)}
 
 
 def rpc_error(error: Any) -> RpcCallError:

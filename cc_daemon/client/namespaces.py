@@ -31,16 +31,18 @@ class Sessions:
                mode: str | None = None, approve_via: str | None = None, env: dict[str, str] | None = None,
                args: list[str] | None = None, restart: str | None = None,
                max_turn_s: float | None = None, max_turns: int | None = None, max_cost_usd: float | None = None,
-               max_wall_s: float | None = None) -> dict[str, Any]:
+               max_wall_s: float | None = None, isolation: str | None = None) -> dict[str, Any]:
         """Start a session of ``runtime`` (e.g. ``"demo"``) in ``cwd``; returns the session.
 
         ``mode``: ``"interactive"`` (default) or ``"unattended"`` (then ``approve_via``:
         ``deny``, ``allow`` or a client kind answers its permission requests). ``max_turns``,
-        ``max_cost_usd``, ``max_wall_s``: a budget; past it sends raise ``BudgetExhausted``."""
+        ``max_cost_usd``, ``max_wall_s``: a budget; past it sends raise ``BudgetExhausted``.
+        ``isolation="worktree"``: run in a git worktree and branch of its own (the result's
+        ``worktree`` names them)."""
         return self._client.call("session.create", **_params(
             runtime=runtime, cwd=os.fspath(Path(cwd).absolute()), name=name, mode=mode, approve_via=approve_via,
             env=env, args=args, restart=restart, max_turn_s=max_turn_s, max_turns=max_turns,
-            max_cost_usd=max_cost_usd, max_wall_s=max_wall_s))
+            max_cost_usd=max_cost_usd, max_wall_s=max_wall_s, isolation=isolation))
 
     def send(self, session_id: str, text: str, *, message_id: str | None = None) -> dict[str, Any]:
         """Start a turn (this client becomes its originator); returns ``{session_id, turn_id,
@@ -67,9 +69,13 @@ class Sessions:
         stays); returns ``{session_id, cancelled, turn_id}``."""
         return self._client.call("session.cancel", **_params(session_id=session_id, turn_id=turn_id))
 
-    def close(self, session_id: str) -> Any:
-        """Stop the session's runtime process; the session's history stays readable."""
-        return self._client.call("session.close", session_id=session_id)
+    def close(self, session_id: str, *, delete_branch: bool | None = None,
+              discard_changes: bool | None = None) -> Any:
+        """Stop the session's runtime process; the session's history stays readable. A
+        worktree session's worktree is removed (``discard_changes``: even with changes in
+        it), its branch kept unless ``delete_branch``."""
+        return self._client.call("session.close", **_params(session_id=session_id, delete_branch=delete_branch,
+                                                            discard_changes=discard_changes))
 
     def restart(self, session_id: str) -> Any:
         """Start a parked session's runtime again (``SessionNotAccepting`` when it is not parked)."""

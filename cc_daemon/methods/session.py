@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
-from ..errors import (APPROVER_REFUSED, BUDGET_EXHAUSTED, INVALID_PARAMS, RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING,
-                      SESSION_NOT_FOUND, TURN_QUEUE_FULL)
+from ..errors import (APPROVER_REFUSED, BUDGET_EXHAUSTED, GIT_MISSING, INVALID_PARAMS, NOT_A_GIT_REPOSITORY,
+                      RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING, SESSION_NOT_FOUND, TURN_QUEUE_FULL,
+                      WORKTREE_UNAVAILABLE)
 from ..json_values import find_bad_value
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
 from ..session import STATES, ApproverRefused, BudgetExhausted, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
 from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
 from ..supervisor import RESTART_POLICIES
+from ..worktrees import ISOLATIONS, GitMissing, NotAGitRepository, WorktreeUnavailable
 from . import MethodContext, translate_refusals
 
 SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "ses_<16 hex>"}
@@ -42,7 +44,8 @@ NOT_ACCEPTING = ErrorSpec(SESSION_NOT_ACCEPTING, "the session (or the daemon) is
 REFUSALS: dict[type[SessionRefused], int] = {
     SessionNotFound: SESSION_NOT_FOUND, SessionLimitReached: SESSION_LIMIT,
     SessionRuntimeUnavailable: RUNTIME_UNAVAILABLE, TurnQueueFull: TURN_QUEUE_FULL,
-    SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED, BudgetExhausted: BUDGET_EXHAUSTED}
+    SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED, BudgetExhausted: BUDGET_EXHAUSTED,
+    NotAGitRepository: NOT_A_GIT_REPOSITORY, WorktreeUnavailable: WORKTREE_UNAVAILABLE, GitMissing: GIT_MISSING}
 
 
 def register(registry: Registry, context: MethodContext) -> None:
@@ -76,11 +79,17 @@ def register(registry: Registry, context: MethodContext) -> None:
                              "description": "budget: the cost its runtime reports, summed"},
             "max_wall_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 31536000,
                            "description": "budget: seconds its turns run, summed"},
+            "isolation": {"enum": list(ISOLATIONS), "default": "none",
+                          "description": "worktree: run in a git worktree and branch of its own, made from the "
+                                         "repository holding cwd"},
         }, ("runtime", "cwd")),
         result=SESSION,
         errors=(ErrorSpec(SESSION_LIMIT, "too many sessions running"),
                 ErrorSpec(RUNTIME_UNAVAILABLE, "unknown runtime, or it cannot run (e.g. claude not on PATH)"),
-                NOT_ACCEPTING))
+                NOT_ACCEPTING, ErrorSpec(NOT_A_GIT_REPOSITORY, "isolation worktree: cwd is in no git work tree"),
+                ErrorSpec(WORKTREE_UNAVAILABLE, "isolation worktree: no commit to branch from, uncommitted "
+                                                "changes to tracked files, or git failed"),
+                ErrorSpec(GIT_MISSING, "isolation worktree: git is not on the daemon's PATH")))
     def create(call: Call) -> dict:
         params = call.params
         mode = params.get("mode", INTERACTIVE)
@@ -94,7 +103,7 @@ def register(registry: Registry, context: MethodContext) -> None:
             max_turn_s=params.get("max_turn_s"), max_turns=params.get("max_turns"),
             max_cost_usd=params.get("max_cost_usd"), max_wall_s=params.get("max_wall_s"))
         context.clients.confirm(call.caller)
-        return sessions.create(call.caller, spec).snapshot(detail=True)
+        return sessions.create(call.caller, spec, isolation=params.get("isolation", "none")).snapshot(detail=True)
 
     @registry.method(
         "session.send",
@@ -126,12 +135,17 @@ def register(registry: Registry, context: MethodContext) -> None:
 
     @registry.method(
         "session.close",
-        summary="Stop the runtime (stop message, SIGTERM after 2 s, SIGKILL by 5 s) and end the session.",
-        params=BY_ID, result=SESSION, errors=(NOT_FOUND,))
+        summary="Stop the runtime (stop message, SIGTERM after 2 s, SIGKILL by 5 s) and end the session; "
+                "a worktree session's worktree is removed (kept if it holds changes, unless discard_changes), "
+                "its branch kept (unless delete_branch).",
+        params=object_schema({"session_id": SESSION_ID, "delete_branch": {"type": "boolean", "default": False},
+                              "discard_changes": {"type": "boolean", "default": False}}, ("session_id",)),
+        result=SESSION, errors=(NOT_FOUND,))
     def close(call: Call) -> dict:
         session = sessions.get(call.params["session_id"])
-        session.close(f"closed by {call.caller.client_ref}", call.caller.client_ref)
-        return session.snapshot(detail=True)
+        released = sessions.close(session, call.caller, delete_branch=call.params.get("delete_branch", False),
+                                  discard_changes=call.params.get("discard_changes", False))
+        return {**session.snapshot(detail=True), **({"worktree_released": released} if released else {})}
 
     @registry.method(
         "session.restart",
