@@ -1,4 +1,4 @@
-// Small DOM helpers. Text always goes in as text nodes (never innerHTML): event data comes
+// Small DOM helpers. Text always goes in as text nodes, never parsed as HTML: event data comes
 // from agents and other clients and must not become markup.
 
 export function h(tag, attributes = {}, ...children) {
