@@ -13,7 +13,6 @@ export class EventStore {
     // `events` plus this is an event's position since the page was opened.
     this.dropped = 0;
     this.received = 0;
-    this.gaps = [];
     this.lastId = null;
     this.newestBySession = new Map();
     this.listeners = [];
@@ -25,8 +24,8 @@ export class EventStore {
 
   add(batch) {
     for (const event of batch) {
-      if (event.type === "gap") this.gaps.push(event);
-      else this.received += 1;
+      // Stored events only: a gap stands for ids never received, `shutdown` has no id.
+      if (event.type !== "gap" && event.id !== undefined && event.id !== null) this.received += 1;
       if (event.id !== undefined && event.id !== null) this.lastId = event.id;
       if (event.session_id) this.newestBySession.set(event.session_id, event.ts);
       this.events.push(event);

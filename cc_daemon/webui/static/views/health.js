@@ -1,6 +1,6 @@
 // The daemon's health: version, uptime, connections, streams, sessions, the stream's state.
 
-import { duration, h, replaceChildren } from "../dom.js";
+import { duration, frameScheduler, h, replaceChildren } from "../dom.js";
 
 const POLL_MS = 10000;
 // After events arrive, the counts are asked for again, at most this often.
@@ -17,7 +17,9 @@ export class HealthView {
     this.refreshTimer = null;
     setInterval(() => this.refresh(), POLL_MS);
     setInterval(() => this.draw(), 1000);
+    const redraw = frameScheduler(() => this.draw());
     store.subscribe(() => {
+      redraw();
       if (this.refreshTimer === null) {
         this.refreshTimer = setTimeout(() => {
           this.refreshTimer = null;
