@@ -56,7 +56,7 @@ export class HealthView {
       ["event streams", String(s.subscribers)],
       ["sessions", sessions],
       ["pending requests", String(s.pending_permissions)],
-      ["last event", `${s.last_event_id} (this page: ${this.store.received} received)`],
+      ["last event", `${Math.max(s.last_event_id, this.store.lastId ?? 0)} (this page: ${this.store.received} received)`],
     ];
     if (this.error) rows.push(["last error", this.error]);
     replaceChildren(this.list, rows.map(([name, value]) => [h("dt", {}, name), h("dd", { dataset: { field: name } }, value)]));

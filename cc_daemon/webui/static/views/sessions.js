@@ -2,8 +2,9 @@
 
 import { duration, frameScheduler, h, replaceChildren } from "../dom.js";
 
-// Events after which the list is asked for again (a state, a new or a closed session).
-const LIST_CHANGES = new Set(["session_created", "session_state", "session_closed", "session_resumed"]);
+// Events after which the list is asked for again (a new, closed or resumed session); a
+// state change is applied from its event at once.
+const LIST_CHANGES = new Set(["session_created", "session_closed", "session_resumed"]);
 
 export class SessionsView {
   constructor(root, { api, store, onSelect, onError }) {
@@ -24,8 +25,13 @@ export class SessionsView {
     this.render = frameScheduler(() => this.draw());
     this.refreshSoon = debounce(() => this.refresh(), 150);
     store.subscribe((batch) => {
+      for (const event of batch) {
+        if (event.type !== "session_state") continue;
+        const session = this.sessionById(event.session_id);
+        if (session) session.state = event.data.state;
+      }
       if (batch.some((event) => LIST_CHANGES.has(event.type))) this.refreshSoon();
-      else if (batch.some((event) => event.session_id)) this.render();
+      if (batch.some((event) => event.session_id)) this.render();
     });
     // "last activity" is relative to now.
     setInterval(this.render, 5000);
