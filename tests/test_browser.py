@@ -192,6 +192,29 @@ def test_a_gap_shows_a_notice(subprocess_daemon, workbench):
     expect(page.page.locator("#connection")).to_have_text("live")
 
 
+def test_a_rotated_token_asks_for_the_new_one_and_the_page_goes_on_where_it_was(subprocess_daemon, workbench):
+    port = free_port()
+    daemon = serve_both(subprocess_daemon, port)
+    page = workbench()
+    page.open(page_address(daemon))
+    with client_of(daemon, "pinger") as client:
+        client.call("echo.ping")
+    wait_for(lambda: page.received() == 1, message="the page to see the first event")
+    rotated = cli("daemon", "rotate-token", "--print-token", "--data-dir", str(daemon.data_dir))
+    assert rotated.returncode == 0, rotated.stderr
+    new_token = rotated.stdout.strip().splitlines()[-1]
+    expect(page.page.locator(".notice-error")).to_contain_text("The daemon's token was rotated.")
+    expect(page.page.locator("#connection")).to_have_text("unauthorized")
+    page.page.fill("#token-form [name=token]", new_token)
+    page.page.click("#token-form button")
+    expect(page.page.locator("#connection")).to_have_text("live")
+    with client_of(daemon, "pinger") as client:  # by the Unix socket, which needs no token
+        client.call("echo.ping")
+    wait_for(lambda: page.received() == 2, message="the page to see the second event")
+    expect(page.page.locator("#event-filter output")).to_have_text("2 events")
+    assert page.page.evaluate("sessionStorage.getItem('ccd.token')") == new_token
+
+
 def test_the_content_security_policy_blocks_inline_script(subprocess_daemon, workbench):
     port = free_port()
     daemon = serve_both(subprocess_daemon, port)

@@ -161,7 +161,9 @@ async function start() {
   }
   let since;
   try {
-    since = await historyStart();
+    // A stream that was stopped (a refused token) goes on from its last event, never again
+    // from the history: what the page holds must not arrive twice.
+    since = stream ? stream.lastId : await historyStart();
   } catch (error) {
     if (error instanceof Unauthorized) return; // onUnauthorized asked for a token
     setConnection("unreachable", error.message);
@@ -171,7 +173,7 @@ async function start() {
   if (stream) stream.stop();
   stream = new EventStream(api, { since, onEvents, onStatus });
   stream.start();
-  if (historyTarget <= since) historyDrawn();
+  if (historyTarget !== null && historyTarget <= since) historyDrawn();
   try {
     await sessions.loadRuntimes();
     await sessions.refresh();
