@@ -270,10 +270,12 @@ class Connection:
     uid: int | None = None
     audited_ok: bool = False
     token_generation: int | None = None
+    #: The TCP port this connection came in on: the port of the pages this listener serves.
+    local_port: int | None = None
 
     @classmethod
-    def tcp(cls, address: str) -> Connection:
-        return cls("tcp", address, peer_key(address))
+    def tcp(cls, address: str, local_port: int | None = None) -> Connection:
+        return cls("tcp", address, peer_key(address), local_port=local_port)
 
     @classmethod
     def unix(cls, uid: int | None) -> Connection:
@@ -331,12 +333,14 @@ class Authenticator:
         return None
 
     def browser_check(self, conn: Connection, host: str | None, origin: str | None) -> Denied | None:
-        """Refuse DNS-rebinding (foreign Host) and cross-origin requests not allow-listed."""
+        """Refuse DNS-rebinding (foreign Host) and cross-origin requests not allow-listed; the
+        daemon's own page (``/ui/``, served by this very listener) is the one origin admitted
+        without being listed."""
         if conn.transport != "tcp":
             return None
         if host is not None and host_name(host) not in self.allowed_hosts:
             return self._deny(conn, Denied(Refusal.HOST_NOT_ALLOWED, "host header not allowed"), None)
-        if origin is not None and not self.origin_allowed(origin):
+        if origin is not None and not (self.origin_allowed(origin) or origin == own_origin(host, conn.local_port)):
             return self._deny(conn, Denied(Refusal.ORIGIN_NOT_ALLOWED, "origin not allowed"), None)
         return None
 
@@ -359,6 +363,24 @@ def host_name(host_header: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def own_origin(host_header: str | None, local_port: int | None) -> str | None:
+    """The origin of a page this listener served, as a request from that page names it, or None.
+
+    It is ``http://`` and the request's own ``Host`` (a browser sends the page's origin and
+    the host it connects to alike for a same-origin request), and only when that ``Host``
+    names the port the request came in on: a page served by another program on another
+    port of the same loopback host is another origin. The ``Host`` name itself was checked
+    against the allowed hosts before this is asked."""
+    if not host_header or local_port is None:
+        return None
+    host = host_header.strip().lower()
+    name = host_name(host)
+    port_text = host[len(name) + 1:] if host.startswith(name + ":") else ""
+    if port_text != str(local_port) and not (port_text == "" and local_port == 80):
+        return None
+    return f"http://{host}"
 
 
 def origin_of(url: str) -> str:

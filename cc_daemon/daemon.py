@@ -373,6 +373,7 @@ class Daemon:
                 "data_dir": str(self.data_dir.root),
                 "started_at": self.started_at, "uptime_s": round(self.uptime_s(), 3),
                 "last_event_id": self.bus.last_id(), "subscribers": self.bus.subscriber_count,
+                "connections": sum(server.gate.active for server in self._servers),
                 "pending_permissions": self.permissions.pending_count(),
                 "sessions": self.sessions.counts(),
                 "runtimes": [info.as_dict() for info in self.runtime_infos()]}

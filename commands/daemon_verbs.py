@@ -1,4 +1,4 @@
-"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor``: manage a daemon and its data."""
+"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor | open``: manage a daemon and its data."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
+from . import daemon_open
 from .common import add_connection, add_data_dir, fail
 
 # LSB init-script status codes.
@@ -22,7 +23,7 @@ HELP_DATA_DIR = DataDir(Path("<data-dir>"))
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:
-    parser = verbs.add_parser("daemon", help="manage a running daemon (status, stop, logs, rotate-token, doctor)")
+    parser = verbs.add_parser("daemon", help="manage a running daemon (status, stop, logs, rotate-token, doctor, open)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
@@ -63,6 +64,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                     "cheetahclaws daemon doctor --data-dir ~/.cheetahclaws", "0 sound; 1 problems found")
     add_data_dir(doctor)
     doctor.set_defaults(run=run_doctor)
+
+    daemon_open.add_action(actions)
 
 
 def action(actions: argparse._SubParsersAction, name: str, summary: str, example: str,
@@ -259,7 +262,8 @@ def run_rotate(args: argparse.Namespace) -> int:
     layout, found, alive = daemon_info(args)
     token_path = Path(args.token_path or (found and found.token_path) or layout.default_token_file)
     rotated_live = False
-    if alive and found is not None and found.address.scheme == "tcp":
+    # A daemon with a TCP listener has a token, whichever address clients reach it by.
+    if alive and found is not None and found.tcp_address() is not None:
         try:
             with client_for(args, found) as client:
                 rotated_live = client.call("system.rotate_token")["rotated"]

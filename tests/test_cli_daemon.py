@@ -223,7 +223,7 @@ def test_default_data_dir_from_environment():
 
 
 @pytest.mark.parametrize("verb", ["serve", "daemon status", "daemon stop", "daemon logs", "daemon rotate-token",
-                                  "daemon doctor"])
+                                  "daemon doctor", "daemon open"])
 def test_serve_and_every_daemon_action_document_an_example_and_their_exit_codes(verb):
     words = [*verb.split(), "--help"]
     text = " ".join(cli(*words).stdout.split())

@@ -71,6 +71,11 @@ def test_regular_install_works_from_the_repository_root_and_elsewhere(source_cop
     installed = target / "cc_daemon" / "commands"
     assert installed.is_dir() and not installed.is_symlink() and (installed / "__init__.py").is_file()
     assert not (target / "commands").exists(), "no generic top-level 'commands' package in site-packages"
+    # The web workbench's files are package data: every one of them is installed.
+    shipped = target / "cc_daemon" / "webui" / "static"
+    assert sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(ROOT / "cc_daemon" / "webui" / "static").as_posix()
+               for p in (ROOT / "cc_daemon" / "webui" / "static").rglob("*") if p.is_file())
     env = {"PYTHONPATH": str(target)}
     # From the repository root ./cc_daemon comes first on sys.path and shadows the installed copy.
     answers_help([sys.executable, "-S", "-m", "cc_daemon"], source_copy, env)

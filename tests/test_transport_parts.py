@@ -151,7 +151,12 @@ def test_the_route_table_says_each_endpoints_policy():
     assert {path for path, route in ROUTES.items() if route.versioned} == {"/rpc", "/events"}
     assert {path for path, route in ROUTES.items() if route.auth is Auth.WAIVABLE} == {"/healthz", "/readyz",
                                                                                        "/metrics"}
-    assert all(route.needs_credentials(False) for route in ROUTES.values())
+    public = {path for path, route in ROUTES.items() if route.auth is Auth.PUBLIC}
+    assert {"/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/style.css"} <= public
+    assert all(path == "/ui" or path.startswith("/ui/") for path in public)
+    assert all(route.needs_credentials(False) for path, route in ROUTES.items() if path not in public)
+    assert not any(route.needs_credentials(False) or route.cors or route.versioned for path, route in ROUTES.items()
+                   if path in public)
     assert [path for path, route in ROUTES.items() if route.needs_credentials(True)] == ["/rpc", "/events"]
 
 

@@ -3,7 +3,7 @@
 Owns: ``ROUTES``, every path with its methods, its handler and its policy (a new endpoint
 is one entry there); what each path answers: /rpc (the body to the JSON-RPC dispatcher),
 /events (the SSE response head, then the stream), /healthz, /readyz and /metrics (JSON or
-the Prometheus text format, as ``Accept`` prefers).
+the Prometheus text format, as ``Accept`` prefers), and /ui/ (the web workbench's files).
 
 Must not: parse HTTP, or decide auth, the API version or CORS: the request handler applies
 a route's policy before calling its handler. It reaches services through ``Services``.
@@ -15,10 +15,10 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from .. import __version__
+from .. import __version__, webui
 from ..events import EventFilter
 from .framing import Headers, HttpError
-from .policy import Auth, Route
+from .policy import PAGE_HEADERS, Auth, Route
 from .sse import SseWriter
 
 if TYPE_CHECKING:
@@ -127,10 +127,27 @@ def wants_exposition(accept: str | None) -> bool:
     return exposition > as_json
 
 
+def serve_page(request: RequestHandler) -> None:
+    path = urlsplit(request.path).path
+    name = path.removeprefix(PAGE_PREFIX) or webui.INDEX
+    body, media_type = webui.asset(name)
+    request.respond_bytes(200, body, media_type, extra_headers=PAGE_HEADERS)
+
+
+def redirect_to_page(request: RequestHandler) -> None:
+    request.respond_bytes(308, b"", None, extra_headers=(("Location", PAGE_PREFIX),))
+
+
+PAGE_PREFIX = "/ui/"
+PAGE = Route(("GET",), serve_page, Auth.PUBLIC, versioned=False, cors=False)
+
 ROUTES: dict[str, Route] = {
     "/rpc": Route(("POST",), serve_rpc, Auth.REQUIRED, versioned=True, cors=True),
     "/events": Route(("GET",), serve_events, Auth.REQUIRED, versioned=True, cors=True),
     "/healthz": Route(("GET",), serve_health, Auth.WAIVABLE, versioned=False, cors=True),
     "/readyz": Route(("GET",), serve_readiness, Auth.WAIVABLE, versioned=False, cors=True),
     "/metrics": Route(("GET",), serve_metrics, Auth.WAIVABLE, versioned=False, cors=True),
+    "/ui": Route(("GET",), redirect_to_page, Auth.PUBLIC, versioned=False, cors=False),
+    PAGE_PREFIX: PAGE,
+    **{PAGE_PREFIX + name: PAGE for name in webui.ASSETS},
 }

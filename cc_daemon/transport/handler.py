@@ -67,7 +67,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             except OSError:
                 cred = None
             return Connection.unix(cred.uid if cred else None)
-        return Connection.tcp(str(self.client_address[0]))
+        return Connection.tcp(str(self.client_address[0]), self.connection.getsockname()[1])
 
     def handle_one_request(self) -> None:
         """One request, with a deadline from its first byte (slow senders are cut off)."""

@@ -2,7 +2,8 @@
 
 Owns: ``Route`` (a path's methods, its handler and its policy: credentials, the API
 version header, CORS), the one mapping of auth outcomes to HTTP statuses, bodies and
-headers, the API version refusal (426), and the CORS decision with its preflight headers.
+headers, the API version refusal (426), the CORS decision with its preflight headers, and
+the headers that confine the daemon's own page (``PAGE_HEADERS``).
 
 Must not: hold state or do I/O. The request handler applies these decisions, each in one
 place; auth decides who may proceed, this module only says it in HTTP.
@@ -30,6 +31,9 @@ class Auth(enum.Enum):
     #: Probes and the scrape: open to whoever can connect when the daemon runs with
     #: ``--unauthenticated-metrics``.
     WAIVABLE = "waivable"
+    #: The page's static files (``/ui/``): a browser cannot send a token with a navigation
+    #: or a ``<script src>``, and they hold nothing secret. Every call they make needs one.
+    PUBLIC = "public"
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Route:
     cors: bool
 
     def needs_credentials(self, unauthenticated_metrics: bool) -> bool:
-        return self.auth is Auth.REQUIRED or not unauthenticated_metrics
+        return self.auth is Auth.REQUIRED or (self.auth is Auth.WAIVABLE and not unauthenticated_metrics)
 
 
 # -- auth outcomes on the wire --------------------------------------------------------------
@@ -106,3 +110,22 @@ def cors_headers(origin: str) -> list[tuple[str, str]]:
     """The headers that let a page of ``origin`` read an answer (and our client id)."""
     return [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Client-Id"),
             ("Vary", "Origin")]
+
+
+# -- the page -------------------------------------------------------------------------------
+#: What every file of the page (``/ui/``) is served with. The page runs only its own files:
+#: no inline script or style (an injected ``<script>`` or ``style=`` does nothing), no other
+#: origin to load from or send to, no plugins, no ``<base>`` or form posts elsewhere, and no
+#: other site may frame it (clickjacking the Approve button). ``no-referrer`` and the token
+#: in the fragment keep the token out of every request line and ``Referer``.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                           "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate it
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Cache-Control", "no-cache"),  # revalidate: a daemon upgrade must not run yesterday's script
+)
