@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.terminate()
         process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
