@@ -20,13 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .refused import Refused
 from .safe_paths import make_private_dir
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("cc_daemon.sessions")
 
@@ -150,6 +152,8 @@ class Worktrees:
         return git
 
     def _run(self, git: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+        import subprocess  # here: a daemon that never isolates a session never pays for it (~10 ms)
+
         env = {name: value for name, value in os.environ.items() if name not in GIT_REDIRECTS}
         env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
         try:
