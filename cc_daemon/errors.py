@@ -42,6 +42,8 @@ NOT_A_GIT_REPOSITORY = -32017
 WORKTREE_UNAVAILABLE = -32018
 #: session.create with isolation "worktree": git is not on the daemon's PATH.
 GIT_MISSING = -32019
+#: session.delegate refused: no standing in the session, an unknown client_ref, itself, or nothing to take back.
+DELEGATION_REFUSED = -32020
 
 #: Every code above by its name, for documentation and for the client's consistency test.
 CODES: dict[str, int] = {name: value for name, value in globals().items()

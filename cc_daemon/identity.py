@@ -21,6 +21,10 @@ and not pinned (``in_use``: the originator of a pending permission request) are 
 least recently seen first. When none is, the newcomer is not confirmed: its id keeps
 working from memory and is confirmed at a later presentation, once there is room.
 
+A client can be named by its ``client_ref`` (a permission delegation names its delegate
+so): the registry keeps each record's ref, learnt when its holder presents the id, and
+finds a client by it (``find_by_ref``).
+
 Must not: authenticate anyone (auth does that first), know about HTTP headers.
 """
 
@@ -64,6 +68,8 @@ class ClientRecord:
     kind: str | None
     created_at: float
     last_seen: float
+    #: Its public handle; None for a record written before refs were kept, until its holder returns.
+    client_ref: str | None = None
 
 
 @dataclass
@@ -102,6 +108,8 @@ class ClientRegistry:
         self._provisional: OrderedDict[str, ClientRecord] = OrderedDict()
         self._changed: set[str] = set()
         self._removed: set[str] = set()
+        #: client_ref -> client_key of the records that know their ref (stale entries are skipped).
+        self._by_ref: dict[str, str] = {}
         self._load()
 
     # -- hashing ----------------------------------------------------------------------------
@@ -117,17 +125,31 @@ class ClientRegistry:
         """The caller behind ``presented_id`` (resumed), or one with a freshly minted id."""
         kind = clean_kind(kind)
         if presented_id:
-            record, confirmed_now = self._resume(self.key_of(presented_id), kind)
+            record, confirmed_now = self._resume(self.key_of(presented_id), kind, self.ref_of(presented_id))
             if confirmed_now:
                 self.flush()  # the moment the holder starts relying on the id: write it now
             if record is not None:
                 return self._caller(presented_id, record, transport, peer)
         client_id = secrets.token_hex(16)
         now = self._clock()
-        record = ClientRecord(self.key_of(client_id), kind, now, now)
-        with self._lock:
+        record = ClientRecord(self.key_of(client_id), kind, now, now, self.ref_of(client_id))
+        with self._lock:  # not findable by ref until presented again: a curl loop grows no index
             remember(self._provisional, record.client_key, record, self._max_provisional)
         return self._caller(client_id, record, transport, peer)
+
+    def find_by_ref(self, client_ref: str) -> Originator | None:
+        """The client whose public handle is ``client_ref``, or None. A provisional one is
+        confirmed: whoever names it expects it to survive a restart."""
+        with self._lock:
+            key = self._by_ref.get(client_ref)
+            record = self._known.get(key) or self._provisional.get(key) if key is not None else None
+            if record is None:
+                self._by_ref.pop(client_ref, None)
+                return None
+            confirmed = key in self._provisional and self._remember(record)
+        if confirmed:
+            self.flush()
+        return Originator(record.client_key, client_ref, record.kind)
 
     def confirm(self, caller: Caller) -> None:
         """Keep ``caller``'s id across restarts (it originated something worth resuming)."""
@@ -171,7 +193,7 @@ class ClientRegistry:
     def _caller(self, client_id: str, record: ClientRecord, transport: str, peer: str) -> Caller:
         return Caller(client_id, record.client_key, self.ref_of(client_id), record.kind, transport, peer)
 
-    def _resume(self, key: str, kind: str | None) -> tuple[ClientRecord | None, bool]:
+    def _resume(self, key: str, kind: str | None, ref: str) -> tuple[ClientRecord | None, bool]:
         """The record of ``key`` seen now, and whether this presentation confirmed it; None
         for an unknown id or one presented under another kind."""
         now = self._clock()
@@ -180,6 +202,11 @@ class ClientRegistry:
             if record is None or (kind is not None and kind != record.kind):
                 return None, False
             record.last_seen = now
+            if record.client_ref is None:
+                record.client_ref = ref
+            self._by_ref[ref] = key
+            if len(self._by_ref) > 2 * (self._max_clients + self._max_provisional):
+                self._reindex_refs()
             if key in self._known:
                 self._known.move_to_end(key)
                 self._changed.add(key)
@@ -216,6 +243,11 @@ class ClientRegistry:
             self._removed.add(key)
         return True
 
+    def _reindex_refs(self) -> None:
+        """Drop the refs of records evicted since (they are skipped, not removed, on eviction)."""
+        self._by_ref = {record.client_ref: key for records in (self._known, self._provisional)
+                        for key, record in records.items() if record.client_ref is not None}
+
     def _expire_idle(self) -> None:
         horizon = self._clock() - self._idle_expiry_s
         pinned = self.in_use()
@@ -228,12 +260,14 @@ class ClientRegistry:
         for key, entry in sorted(records.items(), key=lambda item: item[1].get("last_seen", 0)):
             try:
                 record = ClientRecord(key, clean_kind(entry.get("kind")), float(entry["created_at"]),
-                                      float(entry["last_seen"]))
+                                      float(entry["last_seen"]), entry.get("client_ref"))
             except (KeyError, TypeError, ValueError):
                 self._removed.add(key)
                 continue
             if CLIENT_KEY_RE.match(record.client_key):
                 self._known[record.client_key] = record
+                if isinstance(record.client_ref, str):
+                    self._by_ref[record.client_ref] = record.client_key
         self._expire_idle()
 
 

@@ -6,6 +6,11 @@ that announce each step. Resolved requests are remembered for a while (bounded) 
 a late answer gets "already resolved", and so that a non-originator cannot tell a
 resolved request from a pending one.
 
+A session's originator may delegate: the requests it originates in that session may then
+be answered (refreshed, read) by one other client as well, its *delegate*, until the
+delegation is taken back (``set_delegate``; the session decides who may delegate and
+announces it). A request counts as the delegate's own for every check below.
+
 Check order, chosen so a non-originator learns nothing, not even whether an id exists:
 (1) is the id one of the caller's requests (``NotTheOriginator`` otherwise, for an unknown
 id too), (2) is it still pending (``AlreadyResolved`` otherwise).
@@ -112,6 +117,8 @@ class PermissionStore:
         self._pending: dict[str, PermissionRequest] = {}
         self._resolved: OrderedDict[str, PermissionRequest] = OrderedDict()
         self._listeners: list[Resolution] = []
+        #: (session id, delegator's client key) -> the delegate who may answer for it there.
+        self._delegates: dict[tuple[str, str], Originator] = {}
 
     def on_resolved(self, listener: Resolution) -> None:
         """Call ``listener`` whenever a request is answered, times out or is cancelled."""
@@ -132,8 +139,11 @@ class PermissionStore:
             self._save(request)  # first: a request the store refused never exists (-32003)
             self._pending[request.request_id] = request
             self._arm(request)
-        self._bus.publish("permission_request", {**request.summary(), "mode": mode, "turn_id": turn_id},
-                          session_id=session_id, originator=originator)
+            delegate = self._delegate_of(request)
+        data = {**request.summary(), "mode": mode, "turn_id": turn_id}
+        if delegate is not None:
+            data["delegate"] = delegate.public()
+        self._bus.publish("permission_request", data, session_id=session_id, originator=originator)
         return request
 
     # -- originator actions -----------------------------------------------------------------
@@ -141,9 +151,10 @@ class PermissionStore:
         with self._lock:
             request = self._pending_for(request_id, caller)
             self._resolve(request, ANSWERED, result)
-        self._bus.publish("permission_answered",
-                          {"request_id": request_id, "answer": result, "resolved_at": request.resolved_at},
-                          session_id=request.session_id, originator=request.originator)
+        data = {"request_id": request_id, "answer": result, "resolved_at": request.resolved_at}
+        if not request.originator.is_held_by(caller):
+            data["answered_by"] = {"client_ref": caller.client_ref, "kind": caller.kind, "as": "delegate"}
+        self._bus.publish("permission_answered", data, session_id=request.session_id, originator=request.originator)
         self._notify(request)
         return request
 
@@ -170,16 +181,41 @@ class PermissionStore:
             return self._own(request_id, caller)
 
     def list_pending(self, caller: Any) -> list[PermissionRequest]:
-        """``caller``'s own pending requests (``caller``: anything with ``client_key``)."""
+        """``caller``'s own pending requests, and those delegated to it (``caller``: anything
+        with ``client_key``)."""
         with self._lock:
-            return sorted((r for r in self._pending.values() if r.originator.is_held_by(caller)),
+            return sorted((r for r in self._pending.values() if self._may_act(r, caller)),
                           key=lambda r: r.created_at)
 
     def originator_keys(self) -> set[str]:
-        """The client keys of everyone with a pending request: the client registry keeps
-        their ids however idle they are, so an originator can always come back to answer."""
+        """The client keys of everyone with a pending request, and of every delegate: the
+        client registry keeps their ids however idle they are, so they can always come back
+        to answer."""
         with self._lock:
-            return {request.originator.client_key for request in self._pending.values()}
+            return ({request.originator.client_key for request in self._pending.values()}
+                    | {delegate.client_key for delegate in self._delegates.values()})
+
+    # -- delegation -------------------------------------------------------------------------
+    def set_delegate(self, session_id: str, delegator_key: str, delegate: Originator | None) -> None:
+        """From now on ``delegate`` may act on the requests ``delegator_key`` originates in
+        session ``session_id`` (pending ones included); None takes that right back."""
+        with self._lock:
+            if delegate is None:
+                self._delegates.pop((session_id, delegator_key), None)
+            else:
+                self._delegates[(session_id, delegator_key)] = delegate
+
+    def pending_of(self, session_id: str, originator_key: str) -> list[str]:
+        """The ids of the requests pending for one originator in one session."""
+        with self._lock:
+            return sorted(r.request_id for r in self._pending.values()
+                          if r.session_id == session_id and r.originator.client_key == originator_key)
+
+    def forget_delegations(self, session_id: str) -> None:
+        """The session ended: its delegations go with it."""
+        with self._lock:
+            for key in [key for key in self._delegates if key[0] == session_id]:
+                del self._delegates[key]
 
     def cancel(self, request_id: str, reason: str) -> None:
         """Resolve one pending request as cancelled (whoever asked no longer needs the answer)."""
@@ -244,10 +280,21 @@ class PermissionStore:
         first, and only the originator learns a request's state.
         """
         request = self._pending.get(request_id) or self._resolved.get(request_id)
-        if request is None or not request.originator.is_held_by(caller):
-            raise NotTheOriginator("Only the originator of a permission request may act on it",
+        if request is None or not self._may_act(request, caller):
+            raise NotTheOriginator("Only the originator of a permission request (or its delegate) may act on it",
                                    request_id=request_id)
         return request
+
+    def _delegate_of(self, request: PermissionRequest) -> Originator | None:
+        if request.session_id is None:
+            return None
+        return self._delegates.get((request.session_id, request.originator.client_key))
+
+    def _may_act(self, request: PermissionRequest, caller: Any) -> bool:
+        if request.originator.is_held_by(caller):
+            return True
+        delegate = self._delegate_of(request)
+        return delegate is not None and delegate.is_held_by(caller)
 
     def _pending_for(self, request_id: str, caller: Any) -> PermissionRequest:
         request = self._own(request_id, caller)

@@ -37,9 +37,10 @@ from .identity import Caller
 from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .usage_ledger import DailyUsage
-from .refused import Refused
 from .runtimes.protocol import MAX_LINE_BYTES, Oversized, ProtocolError, decode, encode
+from .session_answerers import Answerers
 from .session_messages import RuntimeMessages
+from .session_refusals import BudgetExhausted, SessionNotAccepting, TurnQueueFull
 from .session_budget import Budget
 from .session_records import (SessionRecords, originator_from, originator_record, spec_record, turn_from,
                               turn_record)
@@ -50,26 +51,6 @@ from .supervisor import ExitInfo, Runner, SupervisionConfig, Verdict
 from .timers import Scheduler, TimerHandle
 
 log = logging.getLogger("cc_daemon.sessions")
-
-class SessionRefused(Refused):
-    """A call the session service refuses (the method layer gives each subclass its code)."""
-
-
-class SessionNotAccepting(SessionRefused):
-    """The session (or the daemon) takes no more work in its state."""
-
-
-class TurnQueueFull(SessionRefused):
-    """The session already has ``max_queued_turns`` turns queued."""
-
-
-class BudgetExhausted(SessionRefused):
-    """One of the session's limits (max_turns, max_cost_usd, max_wall_s) is used up."""
-
-
-class ApproverRefused(SessionRefused):
-    """An explicit claim to approve for a session that the session does not grant."""
-
 
 @dataclass(frozen=True)
 class SessionSpec:
@@ -148,7 +129,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-class Session(RuntimeMessages):
+class Session(RuntimeMessages, Answerers):
     """One session: its runtime's supervisor, its turns and its state. Thread-safe."""
 
     def __init__(self, services: SessionServices, session_id: str, spec: SessionSpec, owner: Originator,
@@ -170,6 +151,9 @@ class Session(RuntimeMessages):
         self._approvals = Approvals(session_id, spec.mode, spec.approve_via, services.permissions, services.policy)
         self._usage: dict[str, float] = {}
         self._resume_token: str | None = None
+        #: Delegations (``session_answerers``): the delegator's client key -> its delegate, and who it is.
+        self._delegations: dict[str, Originator] = {}
+        self._delegators: dict[str, Originator] = {}
         self._closing = False
         self._ready_timer: TimerHandle | None = None
         #: Events the store refused while failing (disk full); told to watchers once it recovers.
@@ -225,6 +209,7 @@ class Session(RuntimeMessages):
             self._budget.turns_started = budget.get("turns_started", 0)
             self._budget.wall_s_used = budget.get("wall_s_used", 0.0)
             self._budget.exhausted = budget.get("exhausted")
+            self._restore_delegations(record.get("delegations") or [])
             for turn in map(turn_from, record["queue"]):
                 self._queue.append(turn)
                 remember(self._message_ids, turn.message_id, turn, self.services.limits.max_message_ids)
@@ -313,30 +298,6 @@ class Session(RuntimeMessages):
             self._set_state(STOPPED, reason)
             self._announce_closed(reason, by)
 
-    def claim_approver(self, caller: Caller, *, explicit: bool) -> Originator | None:
-        """Make ``caller`` the approver of an unattended session whose ``approve_via`` names
-        its kind, if no other client holds that role. ``explicit`` (``session.claim_approver``)
-        turns a refusal into an error; implicit claims (create, send) fail silently."""
-        def refuse(message: str, **data: Any) -> None:
-            if explicit:
-                raise ApproverRefused(message, session_id=self.session_id, **data)
-
-        with self._lock:
-            if not self.spec.delegates_to_kind:
-                return refuse("This session does not delegate approval to a client kind",
-                              mode=self.spec.mode, approve_via=self.spec.approve_via)
-            if caller.kind != self.spec.approve_via:
-                return refuse(f"Only a client of kind {self.spec.approve_via!r} may approve for this session",
-                              expected_kind=self.spec.approve_via, kind=caller.kind)
-            if self.approver is not None:
-                if self.approver.is_held_by(caller):
-                    return self.approver
-                return refuse("Another client already approves for this session",
-                              approver=self.approver.client_ref)
-            self.approver = caller.originator()
-            self._publish("approver_claimed", {"approver": self.approver.public()}, self.approver)
-            return self.approver
-
     # -- queries ----------------------------------------------------------------------------
     def snapshot(self, detail: bool = False) -> dict[str, Any]:
         spec = self.spec
@@ -355,6 +316,7 @@ class Session(RuntimeMessages):
                     "args": list(spec.args), "env_names": sorted(spec.env),
                     "queued_turns": [turn.summary() for turn in self._queue],
                     "approver": self.approver.public() if self.approver is not None else None,
+                    "delegations": self._delegations_public(),
                     "pending_permissions": self._approvals.pending()})
         if detail:
             out["runner"] = self.supervisor.snapshot()
@@ -534,7 +496,8 @@ class Session(RuntimeMessages):
             "spec": spec_record(self.spec), "owner": originator_record(self.owner), "created_at": self.created_at,
             "state": self.state, "state_reason": self._state_reason, "resume_token": self._resume_token,
             "turns_accepted": self._turns_accepted, "approver": originator_record(self.approver),
-            "usage": self._usage, "budget": self._budget.record(), "queue": [turn_record(turn) for turn in self._queue],
+            "usage": self._usage, "budget": self._budget.record(), "delegations": self._delegations_record(),
+            "queue": [turn_record(turn) for turn in self._queue],
             "current": turn_record(self._current) if self._current is not None else None})
 
     def _announce_closed(self, reason: str, by: str | None) -> None:

@@ -4,7 +4,7 @@ Owns: every session of a daemon (``SessionManager``): creating one (launching it
 command line, within the limit of concurrent live sessions), finding it by id, listing them,
 forgetting the oldest ended ones, closing them all at shutdown, and routing each resolved
 permission request to its session; and the refusals of those calls, as domain exceptions
-(``session.SessionRefused``) that the method layer maps to error codes. One session, its
+(``session_refusals.SessionRefused``) that the method layer maps to error codes. One session, its
 state machine and its turns are ``session.Session``. A session isolated in a git worktree
 (``worktrees``) gets it before it starts, and loses it when it is closed or its runtime
 ends it, never when the daemon stops (it resumes there).
@@ -30,7 +30,8 @@ from .lru import remember
 from .permissions import PermissionRequest, PermissionStore
 from .runtimes.registry import RuntimeRegistry, RuntimeUnavailable
 from .session import (ENDED_STATES, LIVE_STATES, PARKED, STATES, STOPPED, PolicyIdentity, Session, SessionLimits,
-                      SessionNotAccepting, SessionRefused, SessionServices, SessionSpec, new_id)
+                      SessionServices, SessionSpec, new_id)
+from .session_refusals import SessionNotAccepting, SessionRefused
 from .safe_paths import make_private_dir
 from .session_records import SessionRecords, originator_from, spec_from
 from .usage_ledger import DailyUsage
@@ -196,8 +197,10 @@ class SessionManager:
                     del self._sessions[oldest]
                     self._released.discard(oldest)
             stopped_itself = not self._closed and session.session_id not in self._closing
-        if session.state == STOPPED and stopped_itself:
-            self._release_worktree(session)
+        if session.state == STOPPED:
+            self.services.permissions.forget_delegations(session.session_id)
+            if stopped_itself:
+                self._release_worktree(session)
 
     def _release_worktree(self, session: Session, **how: Any) -> dict[str, Any] | None:
         if session.spec.worktree is None or session.state != STOPPED:

@@ -1,4 +1,4 @@
-"""``cheetahclaws session new|send|ls|show|attach|cancel|close|logs``: drive agent sessions
+"""``cheetahclaws session new|send|ls|show|attach|cancel|close|restart|delegate|logs``: drive agent sessions
 from a terminal.
 
 Owns: the session verbs' parsers, and the verbs but ``attach`` (``session_view``: the
@@ -135,6 +135,15 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     close.add_argument("--discard-changes", action="store_true",
                        help="a worktree session: remove its worktree even with uncommitted changes in it")
 
+    delegate = action(actions, "delegate", run_delegate,
+                      "let another client answer the permission requests you originate here, or take it back",
+                      "cheetahclaws session delegate ses_0123456789abcdef 0123456789abcdef   # the client's ref\n"
+                      "  cheetahclaws session delegate ses_0123456789abcdef --take-back\n"
+                      "  cheetahclaws rpc system.whoami --client-kind web   # a client's ref")
+    delegate.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    delegate.add_argument("client_ref", nargs="?", metavar="CLIENT_REF", help="the delegate's public client_ref")
+    delegate.add_argument("--take-back", action="store_true", help="end your delegation in this session")
+
     restart = action(actions, "restart", run_restart, "start a parked session's runtime again (fresh backoff)",
                      "cheetahclaws session restart ses_0123456789abcdef")
     restart.add_argument("session", metavar="SESSION", help=SESSION_HELP)
@@ -230,6 +239,18 @@ def run_cancel(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result = client.sessions.cancel(args.session, args.turn)
     print(f"cancelled {result['turn_id']}" if result["cancelled"] else "no turn to cancel")
+    return 0
+
+
+def run_delegate(args: argparse.Namespace) -> int:
+    from .common import connect
+
+    if bool(args.client_ref) == args.take_back:
+        fail("name the delegate's CLIENT_REF, or give --take-back", 2)
+    with connect(args) as client:
+        done = client.sessions.delegate(args.session, None if args.take_back else args.client_ref)
+    delegate = done["delegate"]
+    print(f"delegated to {delegate['kind']}/{delegate['client_ref']}" if delegate else "taken back")
     return 0
 
 

@@ -19,9 +19,9 @@ from cc_daemon.permissions import PermissionStore
 from cc_daemon.runtimes.registry import RuntimeRegistry
 from cc_daemon.session_records import SessionRecords
 from cc_daemon.usage_ledger import DailyUsage
-from cc_daemon.session import (AFTER_EXIT, ENDED_STATES, LIVE_STATES, STATES, TRANSITIONS, ApproverRefused, Session,
-                               SessionLimits, SessionNotAccepting, SessionRefused, SessionServices, SessionSpec,
-                               Turn, TurnQueueFull)
+from cc_daemon.session import (AFTER_EXIT, ENDED_STATES, LIVE_STATES, STATES, TRANSITIONS, Session, SessionLimits,
+                               SessionServices, SessionSpec, Turn)
+from cc_daemon.session_refusals import ApproverRefused, SessionNotAccepting, SessionRefused, TurnQueueFull
 from cc_daemon.sessions import SessionLimitReached, SessionManager, SessionNotFound, SessionRuntimeUnavailable
 from cc_daemon.storage import DataDir
 from cc_daemon.supervisor import Decision, ExitInfo, SupervisionConfig, Verdict

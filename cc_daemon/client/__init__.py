@@ -28,7 +28,7 @@ from .exceptions import (DaemonError, NotRunning, NoAnswer, ProtocolError, HttpS
                          InvalidParams, InternalError, NotOriginator, UnknownRequest, StorageUnavailable,
                          ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull,
                          SessionNotAccepting, ApproverRefused, BudgetExhausted, NotAGitRepository, WorktreeUnavailable,
-                         GitMissing, EventGap, EventLogReset, rpc_error)
+                         GitMissing, DelegationRefused, EventGap, EventLogReset, rpc_error)
 from .namespaces import Permissions, Sessions, event_turn_id
 from .stream import EventStream
 
@@ -38,6 +38,6 @@ __all__ = [
     "InvalidRequest", "MethodNotFound", "InvalidParams", "InternalError", "NotOriginator", "UnknownRequest",
     "StorageUnavailable", "ReplyTooLarge", "SessionNotFound", "SessionLimit", "RuntimeUnavailable", "TurnQueueFull",
     "SessionNotAccepting", "ApproverRefused", "BudgetExhausted", "NotAGitRepository", "WorktreeUnavailable",
-    "GitMissing", "EventGap", "EventLogReset", "rpc_error", "Permissions",
+    "GitMissing", "DelegationRefused", "EventGap", "EventLogReset", "rpc_error", "Permissions",
     "Sessions", "event_turn_id", "EventStream"
 ]

@@ -206,10 +206,18 @@ class GitMissing(RpcCallError):
     code = errors.GIT_MISSING
 
 
+class DelegationRefused(RpcCallError):
+    """-32020: ``session.delegate`` refused (``data.reason``): the caller has no standing in the
+    session, names no known client or itself, or has nothing to take back."""
+
+    code = errors.DELEGATION_REFUSED
+
+
 _ERRORS_BY_CODE = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotOriginator, UnknownRequest,
     StorageUnavailable, ReplyTooLarge, SessionNotFound, SessionLimit, RuntimeUnavailable, TurnQueueFull, SessionNotAccepting,
-    BudgetExhausted, ApproverRefused, NotAGitRepository, WorktreeUnavailable, GitMissing)}
+    BudgetExhausted, ApproverRefused, NotAGitRepository, WorktreeUnavailable, GitMissing,
+    DelegationRefused)}
 
 
 def rpc_error(error: Any) -> RpcCallError:

@@ -77,6 +77,12 @@ class Sessions:
         return self._client.call("session.close", **_params(session_id=session_id, delete_branch=delete_branch,
                                                             discard_changes=discard_changes))
 
+    def delegate(self, session_id: str, to: str | None) -> dict[str, Any]:
+        """Let the client whose ``client_ref`` is ``to`` answer the permission requests this
+        client originates in the session (``None``: take that back); ``DelegationRefused``
+        says why not. A client learns its own ref from ``system.whoami``."""
+        return self._client.call("session.delegate", session_id=session_id, to=to)
+
     def restart(self, session_id: str) -> Any:
         """Start a parked session's runtime again (``SessionNotAccepting`` when it is not parked)."""
         return self._client.call("session.restart", session_id=session_id)

@@ -10,17 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..approvals import APPROVE_DENY, INTERACTIVE, UNATTENDED
-from ..errors import (APPROVER_REFUSED, BUDGET_EXHAUSTED, GIT_MISSING, INVALID_PARAMS, NOT_A_GIT_REPOSITORY,
+from ..errors import (APPROVER_REFUSED, BUDGET_EXHAUSTED, DELEGATION_REFUSED, GIT_MISSING, INVALID_PARAMS, NOT_A_GIT_REPOSITORY,
                       RUNTIME_UNAVAILABLE, SESSION_LIMIT, SESSION_NOT_ACCEPTING, SESSION_NOT_FOUND, TURN_QUEUE_FULL,
                       WORKTREE_UNAVAILABLE)
 from ..json_values import find_bad_value
 from ..rpc import Call, ErrorSpec, Registry, RpcError, object_schema
-from ..session import STATES, ApproverRefused, BudgetExhausted, SessionNotAccepting, SessionRefused, SessionSpec, TurnQueueFull
+from ..session import STATES, SessionSpec
+from ..session_refusals import (ApproverRefused, BudgetExhausted, DelegationRefused, SessionNotAccepting, SessionRefused,
+                                TurnQueueFull)
 from ..sessions import SessionLimitReached, SessionNotFound, SessionRuntimeUnavailable
 from ..supervisor import RESTART_POLICIES
 from ..worktrees import ISOLATIONS, GitMissing, NotAGitRepository, WorktreeUnavailable
 from . import MethodContext, translate_refusals
 
+CLIENT_REF = {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "a client's public handle (system.whoami)"}
 SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "ses_<16 hex>"}
 TURN_ID = {"type": "string", "minLength": 1, "maxLength": 64, "description": "turn_<16 hex>"}
 MESSAGE_ID = {"type": "string", "minLength": 1, "maxLength": 128,
@@ -45,7 +48,8 @@ REFUSALS: dict[type[SessionRefused], int] = {
     SessionNotFound: SESSION_NOT_FOUND, SessionLimitReached: SESSION_LIMIT,
     SessionRuntimeUnavailable: RUNTIME_UNAVAILABLE, TurnQueueFull: TURN_QUEUE_FULL,
     SessionNotAccepting: SESSION_NOT_ACCEPTING, ApproverRefused: APPROVER_REFUSED, BudgetExhausted: BUDGET_EXHAUSTED,
-    NotAGitRepository: NOT_A_GIT_REPOSITORY, WorktreeUnavailable: WORKTREE_UNAVAILABLE, GitMissing: GIT_MISSING}
+    NotAGitRepository: NOT_A_GIT_REPOSITORY, WorktreeUnavailable: WORKTREE_UNAVAILABLE, GitMissing: GIT_MISSING,
+    DelegationRefused: DELEGATION_REFUSED}
 
 
 def register(registry: Registry, context: MethodContext) -> None:
@@ -209,6 +213,30 @@ def register(registry: Registry, context: MethodContext) -> None:
         context.clients.confirm(call.caller)
         approver = session.claim_approver(call.caller, explicit=True)
         return {"session_id": session.session_id, "approver": approver.public()}
+
+    @registry.method(
+        "session.delegate",
+        summary="Let one other client (named by its client_ref) answer the permission requests you originate in "
+                "this session, or take that back (to: null). For the session's owner, its approver, or the "
+                "originator of its running or a queued turn.",
+        params=object_schema({"session_id": SESSION_ID, "to": {**CLIENT_REF, "type": ["string", "null"]}},
+                             ("session_id", "to")),
+        result=object_schema({"session_id": SESSION_ID, "delegator": {"type": "object"},
+                              "delegate": {"type": ["object", "null"]}, "previous": {"type": ["object", "null"]},
+                              "pending": {"type": "array", "items": {"type": "string"}}},
+                             ("session_id", "delegator", "delegate", "previous", "pending")),
+        errors=(NOT_FOUND, ErrorSpec(DELEGATION_REFUSED, "no standing in the session, an unknown client_ref, "
+                                                         "the caller itself, or nothing to take back")))
+    def delegate(call: Call) -> dict:
+        session = sessions.get(call.params["session_id"])
+        to = call.params["to"]
+        delegate = context.clients.find_by_ref(to) if to is not None else None
+        if to is not None and delegate is None:
+            raise RpcError(DELEGATION_REFUSED, f"No client known to this daemon has client_ref {to} (a client is "
+                           "known once it has called with its X-Client-Id)",
+                           {"session_id": session.session_id, "reason": "unknown_client", "to": to})
+        context.clients.confirm(call.caller)  # the delegator must be able to come back to take it back
+        return {"session_id": session.session_id, **session.delegate(call.caller, delegate)}
 
 
 def directory(text: str) -> Path:

@@ -26,6 +26,14 @@ def register(registry: Registry, context: MethodContext) -> None:
     def ping(call: Call) -> str:
         return "pong"
 
+    @registry.method("system.whoami",
+                     summary="The caller as other clients see it: its public client_ref (which session.delegate "
+                             "names) and kind; never its id.",
+                     result=object_schema({"client_ref": {"type": "string"}, "kind": {"type": ["string", "null"]}},
+                                          ("client_ref", "kind")))
+    def whoami(call: Call) -> dict:
+        return call.caller.originator().public()
+
     @registry.method("system.version", summary="Package, wire-contract and Python versions, and the transport.",
                      result=VERSION_RESULT)
     def version(call: Call) -> dict:
