@@ -20,15 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import profiles
 from .safe_paths import make_private_dir, open_private
 
-DATA_DIR_ENV = "CHEETAHCLAWS_HOME"
-
-
 def default_data_dir() -> Path:
-    """The data dir used when neither ``--data-dir`` nor ``$CHEETAHCLAWS_HOME`` says otherwise."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cheetahclaws"
+    """The data dir used when none is named: that of the current profile (``profiles``)."""
+    return profiles.data_dir_of(profiles.current())
 
 
 @dataclass(frozen=True)

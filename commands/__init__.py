@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # else (no verb, --help, a typo) gets the whole parser and its usual help or error.
     parser = build_parser(argv[0] if argv and argv[0] in VERBS else None)
     args = parser.parse_args(argv)
+    from .common import resolve_profile
+
+    resolve_profile(args)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -17,8 +17,32 @@ EXIT_NEEDS_ANSWER = 5
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="daemon data directory (default: $CHEETAHCLAWS_HOME or ~/.cheetahclaws)")
+    """``--data-dir`` and ``--profile``: which daemon (``resolve_profile`` turns a profile into
+    its data dir once the command line is parsed)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", metavar="DIR",
+                       help="daemon data directory (default: the profile's; for the default profile "
+                            "$CHEETAHCLAWS_HOME or ~/.cheetahclaws)")
+    where.add_argument("--profile", metavar="NAME",
+                       help="a daemon of its own with its own data dir, socket, token, logs and service "
+                            "(default: $CHEETAHCLAWS_PROFILE or 'default'; others live in "
+                            "~/.cheetahclaws/profiles/NAME)")
+
+
+def resolve_profile(args: argparse.Namespace) -> None:
+    """Give ``args.data_dir`` the profile's data dir unless ``--data-dir`` named one, and
+    ``args.profile`` the profile in force (None with an explicit ``--data-dir``); a bad name
+    (flag or ``$CHEETAHCLAWS_PROFILE``) is a usage error."""
+    if not hasattr(args, "data_dir"):
+        return
+    from cc_daemon import profiles
+
+    try:
+        if args.data_dir is None:
+            args.profile = profiles.checked(args.profile) if args.profile else profiles.current()
+            args.data_dir = str(profiles.data_dir_of(args.profile))
+    except profiles.BadProfileName as exc:
+        fail(str(exc), 2)
 
 
 def add_connection(parser: argparse.ArgumentParser) -> None:

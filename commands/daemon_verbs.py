@@ -65,6 +65,11 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     add_data_dir(doctor)
     doctor.set_defaults(run=run_doctor)
 
+    profiles = action(actions, "list-profiles", "list the profiles (each a daemon of its own) and whether each runs",
+                      "cheetahclaws daemon list-profiles --json", "0 listed")
+    profiles.add_argument("--json", action="store_true", help="print the list as JSON")
+    profiles.set_defaults(run=run_list_profiles)
+
     daemon_open.add_action(actions)
 
 
@@ -83,6 +88,29 @@ def daemon_info(args: argparse.Namespace) -> tuple[DataDir, discovery.Discovered
     found = discovery.parse(read_json(layout.discovery_file), layout.default_token_file)
     alive = InstanceLock(layout.lock_file).is_held_elsewhere()
     return layout, found, alive
+
+
+def run_list_profiles(args: argparse.Namespace) -> int:
+    from cc_daemon import profiles
+
+    rows = []
+    for name in profiles.existing():
+        layout = DataDir(profiles.data_dir_of(name))
+        found = discovery.parse(read_json(layout.discovery_file), layout.default_token_file)
+        running = InstanceLock(layout.lock_file).is_held_elsewhere()
+        rows.append({"profile": name, "data_dir": str(layout.root), "running": running,
+                     "pid": found.pid if found is not None and running else None,
+                     "address": found.address.url() if found is not None and running else None,
+                     "stale_discovery": found is not None and not running,
+                     "service": profiles.service_name(name)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        state = (f"running (pid {row['pid']}, {row['address']})" if row["running"]
+                 else "not running" + (" (stale discovery file)" if row["stale_discovery"] else ""))
+        print(f"{row['profile']:<16} {state:<60} {row['data_dir']}")
+    return 0
 
 
 def client_for(args: argparse.Namespace, found: discovery.Discovered):

@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from cc_daemon.transport.servers import SocketInUse
 
     options = options_from(args)
+    if args.profile is not None:
+        # Through the daemon's own environment, every runtime it starts learns its profile,
+        # so the agent's own cheetahclaws calls reach this daemon and not the default one.
+        from cc_daemon.profiles import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = args.profile
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = Daemon(options)
