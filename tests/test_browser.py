@@ -302,3 +302,32 @@ def test_first_render_with_1000_events_of_history(subprocess_daemon, workbench, 
     expect(page.page.locator("#event-filter output")).to_have_text("1000 events")
     expect(page.page.locator("#event-list .event-row").last).to_have_attribute("data-id", "1000")
     assert elapsed < 1000
+
+
+def test_a_terminal_delegates_its_request_to_the_page_which_answers_it(subprocess_daemon, workbench, tmp_path):
+    """Issue 15 item 5 from the page's side: a terminal's request is read-only on the page
+    until the terminal names the page's client_ref (shown in its health panel) as delegate."""
+    port = free_port()
+    daemon = serve_both(subprocess_daemon, port)
+    page = workbench("page")
+    page.open(page_address(daemon))
+    page_ref = wait_for(lambda: page.page.locator("#health dd[data-field='this page']").inner_text()
+                        .removeprefix("web client ").strip("?"), message="the page's client_ref")
+    with client_of(daemon, "repl") as terminal:
+        session_id = terminal.call("session.create", runtime="demo", cwd=str(tmp_path))["session_id"]
+        terminal.call("session.send", session_id=session_id, text="write delegated.txt answered in the browser")
+        request = page.page.locator("#permissions .request")
+        expect(request).to_contain_text("read-only: only repl client")
+        expect(request.locator("button")).to_have_count(0)
+
+        terminal.call("session.delegate", session_id=session_id, to=page_ref)
+        expect(request).to_have_class("request mine")
+        request.locator("button.approve").click()
+        wait_for(lambda: (tmp_path / "delegated.txt").exists(), message="the approved write")
+        assert (tmp_path / "delegated.txt").read_text() == "answered in the browser\n"
+
+        terminal.call("session.delegate", session_id=session_id, to=None)  # taken back: read-only again
+        terminal.call("session.send", session_id=session_id, text="write again.txt not from the page")
+        expect(page.page.locator("#permissions .request")).to_contain_text("read-only: only repl client")
+        expect(page.page.locator("#permissions .request button")).to_have_count(0)
+    assert page.console_errors() == []

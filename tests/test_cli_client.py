@@ -192,6 +192,20 @@ def test_session_new_send_ls_show_logs_cancel_close(unix_daemon, tmp_path):
                                if line.startswith(session))
 
 
+def test_session_delegate_hands_the_cli_s_requests_to_another_client_and_takes_them_back(unix_daemon, tmp_path):
+    session = new_session(unix_daemon, tmp_path)  # the CLI (kind cli) owns it
+    web_ref = json.loads(ok("rpc", "system.whoami", "--client-kind", "web", *at(unix_daemon)).stdout)["client_ref"]
+    assert ok("rpc", "system.whoami", "--client-kind", "web", *at(unix_daemon)).stdout.count(web_ref) == 1  # known now
+    assert ok("session", "delegate", session, web_ref, *at(unix_daemon)).stdout.strip() == f"delegated to web/{web_ref}"
+    shown = json.loads(ok("rpc", "session.get", f"session_id={session}", *at(unix_daemon)).stdout)
+    assert shown["delegations"][0]["delegate"] == {"client_ref": web_ref, "kind": "web"}
+    assert ok("session", "delegate", session, "--take-back", *at(unix_daemon)).stdout.strip() == "taken back"
+    again = cli("session", "delegate", session, "--take-back", *at(unix_daemon))
+    assert again.returncode == 1 and "-32020" in again.stderr and "not_delegated" in again.stderr
+    both = cli("session", "delegate", session, web_ref, "--take-back", *at(unix_daemon))
+    assert both.returncode == 2 and "CLIENT_REF, or give --take-back" in both.stderr
+
+
 def test_session_verbs_report_refusals(unix_daemon, tmp_path):
     no_runtime = cli("session", "new", "no-such-runtime", "--cwd", str(tmp_path), *at(unix_daemon))
     assert no_runtime.returncode == 1 and no_runtime.stderr.startswith("error ")

@@ -40,6 +40,9 @@ export class Api {
     // page the originator of the turns it sends, and so the one that may answer their
     // permission requests. Another tab (or browser) is another client.
     this.clientId = sessionStorage.getItem(CLIENT_KEY);
+    // This page's public handle (system.whoami): what a terminal names to delegate its
+    // permission requests here, and how the page recognises requests delegated to it.
+    this.clientRef = null;
     this.nextId = 1;
     this.onUnauthorized = () => {};
   }
@@ -62,8 +65,14 @@ export class Api {
     const id = response.headers.get("X-Client-Id");
     if (id && id !== this.clientId) {
       this.clientId = id;
+      this.clientRef = null;
       sessionStorage.setItem(CLIENT_KEY, id);
     }
+  }
+
+  async whoami() {
+    if (this.clientRef === null) this.clientRef = (await this.call("system.whoami")).client_ref;
+    return this.clientRef;
   }
 
   async checkAuthorized(response) {

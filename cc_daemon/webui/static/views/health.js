@@ -32,6 +32,7 @@ export class HealthView {
   async refresh() {
     try {
       this.status = await this.api.call("system.status");
+      await this.api.whoami();
       this.fetchedAt = performance.now();
       this.error = null;
     } catch (error) {
@@ -56,6 +57,7 @@ export class HealthView {
       ["event streams", String(s.subscribers)],
       ["sessions", sessions],
       ["pending requests", String(s.pending_permissions)],
+      ["this page", `web client ${this.api.clientRef ?? "?"}`],
       ["last event", `${Math.max(s.last_event_id, this.store.lastId ?? 0)} (this page: ${this.store.received} received)`],
     ];
     if (this.error) rows.push(["last error", this.error]);
