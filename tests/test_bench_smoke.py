@@ -6,6 +6,7 @@ delivered exactly once, never how fast anything is (bench/README.md for the numb
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -85,3 +86,13 @@ def test_cli_latency_times_every_command_against_the_daemon(unix_daemon, tmp_pat
     server = servers.Server("cc_daemon", None, target_of(unix_daemon), tmp_path)
     medians = cli.measure(server, Path(__file__).resolve().parent.parent, runs=1)
     assert {"bare_python", "cli_rpc_ping"} <= set(medians) and all(ms > 0 for ms in medians.values())
+
+
+def test_runtime_latency_delivers_every_line_once_to_every_subscriber(capsys):
+    from bench import runtime_latency
+
+    assert runtime_latency.main(["--sessions", "2", "--subscribers", "2", "--seconds", "0.2", "--burst", "40"]) == 0
+    phases = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [phase["phase"] for phase in phases] == ["paced", "flat out"]
+    assert [phase["lines_written"] for phase in phases] == [2 * 100, 2 * 40]  # 1000/2 lines/s for 0.2 s
+    assert all(phase["lost"] == 0 and phase["repeated"] == 0 and phase["p99_ms"] > 0 for phase in phases)
