@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -27,10 +28,14 @@ from helpers.frontend import client_of
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
+    home = short_tmpdir()
+    try:
+        with sync_playwright() as playwright:
+            browser = launch(playwright, home)
+            yield browser
+            browser.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -101,11 +101,14 @@ def test_every_test_gets_a_private_home(private_home):
 
 
 def test_a_run_of_the_cli_tests_leaves_the_real_home_untouched():
-    """Runs test modules that use the default data dir, with HOME set to an empty directory
-    standing in for the real home: it must still be empty afterwards."""
+    """Runs test modules that use the default data dir, and a browser test (chromium writes
+    its config and caches under HOME), with HOME set to an empty directory standing in for
+    the real home: it must still be empty afterwards."""
     real_home = short_tmpdir()
-    env = {key: value for key, value in os.environ.items() if key not in ("CHEETAHCLAWS_HOME", "XDG_RUNTIME_DIR")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cli_client.py"],
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CHEETAHCLAWS_HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cli_client.py",
+                             "tests/test_browser.py::test_a_demo_session_end_to_end_from_the_page"],
                             cwd=ROOT, capture_output=True, text=True, timeout=240, env={**env, "HOME": str(real_home)})
     try:
         assert result.returncode == 0, result.stdout[-2000:]

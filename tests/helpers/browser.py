@@ -21,11 +21,15 @@ CHROMIUM = Path(os.environ.get("CCD_CHROMIUM", "/usr/bin/chromium"))
 FAILURE_SCREENSHOTS = Path(__file__).resolve().parents[2] / ".cache" / "browser-failures"
 
 
-def launch(playwright: Playwright) -> Browser:
+def launch(playwright: Playwright, home: Path) -> Browser:
+    """Chromium with ``home`` as its home: it writes its config and caches there (crash
+    reports, dconf), and a browser outlives the per-test private home, so it gets its own."""
     if not CHROMIUM.exists():
         pytest.fail(f"no chromium at {CHROMIUM}: the browser tests need Debian's chromium package "
                     "(.ci/run installs it with apt-get install -y chromium; CCD_CHROMIUM names another binary)")
-    return playwright.chromium.launch(executable_path=str(CHROMIUM))
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache")}
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), env=env)
 
 
 def free_port() -> int:
