@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from typing import Any, Callable
 
@@ -103,11 +102,6 @@ def client_verb(run: Callable[[argparse.Namespace], int | None]) -> Callable[[ar
         except DaemonError as exc:
             sys.stderr.write(f"cheetahclaws: {exc}\n")
             return EXIT_REFUSED
-        except BrokenPipeError:
-            # The reader went away (``| head``): stay quiet like any Unix filter, and point
-            # stdout at /dev/null so the interpreter's final flush does not complain.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
 
     return wrapper
 

@@ -1,4 +1,4 @@
-"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor | open``: manage a daemon and its data."""
+"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor | list-profiles | open | config``: manage a daemon and its data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
-from . import daemon_open
+from . import daemon_config, daemon_open
 from .common import add_connection, add_data_dir, fail
 
 # LSB init-script status codes.
@@ -71,6 +71,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     profiles.set_defaults(run=run_list_profiles)
 
     daemon_open.add_action(actions)
+    daemon_config.add_action(actions)
 
 
 def action(actions: argparse._SubParsersAction, name: str, summary: str, example: str,

@@ -49,7 +49,7 @@ def test_one_daemon_listens_on_a_unix_socket_and_tcp_and_says_so(subprocess_daem
 def test_the_same_address_twice_is_bad_usage():
     address = f"unix://{short_tmpdir()}/d.sock"
     result = cli("serve", "--data-dir", str(short_tmpdir()), "--listen", address, "--listen", address)
-    assert result.returncode == 2 and "the same --listen address is given twice" in result.stderr
+    assert result.returncode == 2 and "the same listen address is given twice" in result.stderr
 
 
 @pytest.mark.parametrize("mode, count", [("idle", 2000), ("slowloris", 600)])

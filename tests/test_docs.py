@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from cc_daemon import errors
-from cc_daemon.commands import build_parser
 from cc_daemon.eventlog import SqliteEventStore
 from cc_daemon.events import GAP, SHUTDOWN, EventBus
 from cc_daemon.methods.events import MAX_LIMIT
@@ -117,7 +116,9 @@ def test_the_documented_protocol_limits_and_supervision_timings_are_the_codes():
 
 # -- RFC 0003: the event log -------------------------------------------------------------------
 def test_the_documented_serve_defaults_of_the_event_log_are_the_clis():
-    defaults = vars(build_parser().parse_args(["serve"]))
+    from cc_daemon.commands.settings import BY_NAME
+
+    defaults = {name: setting.default for name, setting in BY_NAME.items()}
     rows = re.findall(r"^\|[^|]+\|\s*([^|]+?)\s*\|\s*`(--[a-z-]+)[^`]*`[^|]*\|$", EVENT_LOG_RFC.read_text(), re.M)
     assert len(rows) >= 4, "the retention table lists its serve flags"
     for default, flag in rows:
