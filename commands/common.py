@@ -15,6 +15,15 @@ EXIT_NO_DAEMON = 3
 EXIT_NEEDS_ANSWER = 5
 
 
+def documented_action(actions: argparse._SubParsersAction, name: str, summary: str, example: str, codes: str,
+                      description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with an example and its exit codes (``2 bad usage``
+    is added: every verb has it)."""
+    return actions.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".",
+                              epilog=f"example:\n  {example}\n\nexit codes: {codes}; 2 bad usage.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     """``--data-dir`` and ``--profile``: which daemon (``resolve_profile`` turns a profile into
     its data dir once the command line is parsed)."""

@@ -15,22 +15,22 @@ import os
 from pathlib import Path
 
 from . import settings
-from .common import add_data_dir, fail
+from .common import add_data_dir, documented_action, fail
 
 
 def add_action(actions: argparse._SubParsersAction) -> None:
-    parser = actions.add_parser(
-        "config", help="show each serve setting in force and where it came from (environment, config.toml, default)",
+    parser = documented_action(
+        actions, "config", "show each serve setting in force and where it came from (environment, config.toml, "
+                           "default)",
+        "cheetahclaws daemon config --profile work\n\n"
+        "config.toml holds any serve setting by its name, for example:\n"
+        "  listen = [\"unix:///home/me/.cheetahclaws/run/daemon.sock\", \"tcp://127.0.0.1:8765\"]\n"
+        "  max_sessions = 4\n  log_level = \"debug\"",
+        "0 printed; 2 an unknown key or a bad value (the message names the key and the file's line, or the "
+        "variable)",
         description="Show the value of every serve setting that a `cheetahclaws serve` for this profile would use, "
                     "and where it comes from: an environment variable CHEETAHCLAWS_<NAME>, a line of "
-                    "<data-dir>/config.toml, or the default. A flag given to serve wins over all of them.",
-        epilog="example:\n  cheetahclaws daemon config --profile work\n\n"
-               "config.toml holds any serve setting by its name, for example:\n"
-               "  listen = [\"unix:///home/me/.cheetahclaws/run/daemon.sock\", \"tcp://127.0.0.1:8765\"]\n"
-               "  max_sessions = 4\n  log_level = \"debug\"\n\n"
-               "exit codes: 0 printed; 2 bad usage, or an unknown key or a bad value (the message names the key "
-               "and the file's line, or the variable).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "<data-dir>/config.toml, or the default. A flag given to serve wins over all of them.")
     add_data_dir(parser)
     parser.add_argument("--json", action="store_true", help="print the settings as JSON")
     parser.set_defaults(run=run_config)

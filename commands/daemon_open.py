@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from cc_daemon.storage import atomic_write
 
-from .common import EXIT_NO_DAEMON, add_data_dir, fail
+from .common import EXIT_NO_DAEMON, add_data_dir, documented_action, fail
 
 PAGE_PATH = "/ui/"
 #: Wildcard listen hosts, and the loopback name a browser on this machine reaches them by.
@@ -27,15 +27,14 @@ BROWSER_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 def add_action(actions: argparse._SubParsersAction) -> None:
-    parser = actions.add_parser(
-        "open", help="print (or open in a browser) the address of the web workbench",
+    parser = documented_action(
+        actions, "open", "print (or open in a browser) the address of the web workbench",
+        "cheetahclaws daemon open --browser",
+        "0 printed (or handed to a browser); 1 the daemon has no TCP listener, or no browser could be started "
+        "(the address is printed anyway); 3 no daemon running",
         description="Print the address of the daemon's web page, http://HOST:PORT/ui/#token=..., or open it in "
                     "a browser. The daemon needs a TCP listener for it: serve --listen tcp://127.0.0.1:8765 "
-                    "(give --listen twice to keep the Unix socket too).",
-        epilog="example:\n  cheetahclaws daemon open --browser\n\n"
-               "exit codes: 0 printed (or handed to a browser); 1 the daemon has no TCP listener, or no browser "
-               "could be started (the address is printed anyway); 2 bad usage; 3 no daemon running.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "(give --listen twice to keep the Unix socket too).")
     add_data_dir(parser)
     parser.add_argument("--browser", action="store_true",
                         help="open the page in the default browser ($BROWSER, or the desktop's)")

@@ -14,7 +14,7 @@ from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
 from . import daemon_config, daemon_open
-from .common import add_connection, add_data_dir, fail
+from .common import add_connection, add_data_dir, documented_action as action, fail
 
 # LSB init-script status codes.
 RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
@@ -72,14 +72,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 
     daemon_open.add_action(actions)
     daemon_config.add_action(actions)
-
-
-def action(actions: argparse._SubParsersAction, name: str, summary: str, example: str,
-           codes: str) -> argparse.ArgumentParser:
-    """A ``daemon`` action whose --help ends with an example and its exit codes."""
-    return actions.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
-                              epilog=f"example:\n  {example}\n\nexit codes: {codes}; 2 bad usage.",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def daemon_info(args: argparse.Namespace) -> tuple[DataDir, discovery.Discovered | None, bool]:
