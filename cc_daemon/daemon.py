@@ -1,8 +1,10 @@
 """The daemon: composes the services, owns the process lifecycle.
 
 Owns: start-up order (a TCP bind before anything is written, single-instance lock, a Unix
-bind, stale-file clean-up, log, database, token, discovery file), the serving thread, signal handling and the graceful stop (in-flight requests
-finish, every SSE subscriber gets ``shutdown``, files the daemon created are removed).
+bind, stale-file clean-up, log, database, token, discovery file), the serving thread, signal
+handling, telling a service manager when it is ready, alive and stopping
+(``service_notify``), and the graceful stop (in-flight requests finish, every SSE
+subscriber gets ``shutdown``, files the daemon created are removed).
 
 Must not: implement any service or endpoint itself; it only wires them together.
 """
@@ -31,6 +33,7 @@ from .permissions import PermissionStore
 from .records import RecordTable
 from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
+from .service_notify import ServiceNotifier
 from .session import SessionLimits
 from .session_records import SessionRecords
 from .usage_ledger import DailyUsage
@@ -123,6 +126,7 @@ class Daemon:
         self.addresses: list[ListenAddress] = []
         self._bound: dict[ListenAddress, ListenAddress] = {}  # as given -> as bound (port 0 resolved)
         self.address: ListenAddress = options.listen
+        self.notifier = ServiceNotifier()
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -246,9 +250,15 @@ class Daemon:
         if self.tokens is not None:
             self._repeat(self.tokens.FILE_CHECK_S, self.tokens.reload_if_changed)
         self._ready = True
-        log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__,
-                 " and ".join(address.url() for address in self.addresses),
+        listening = " and ".join(address.url() for address in self.addresses)
+        log.info("cc_daemon %s listening on %s (pid %d, data dir %s)", __version__, listening,
                  os.getpid(), self.data_dir.root)
+        self.notifier.ready(f"listening on {listening}")
+        if self.notifier.watchdog_s is not None:
+            # Sent by the timer thread, which every timeout, retry and periodic check of the
+            # daemon runs on: if it hangs, the pings stop and the manager restarts us.
+            # Twice per period, as sd_watchdog_enabled(3) advises.
+            self._repeat(self.notifier.watchdog_s / 2, self.notifier.watchdog)
 
     def _open_event_log(self) -> SqliteEventStore:
         options = self.options
@@ -417,6 +427,7 @@ class Daemon:
         self._stop_requested.set()
         self._ready = False
         log.info("stopping")
+        self.notifier.stopping()
         for server in self._servers:
             server.stop_accepting()
         deadline = time.monotonic() + grace_s
@@ -439,6 +450,7 @@ class Daemon:
         self._remove_own_files()
         self.audit.close()
         log.info("stopped")
+        self.notifier.close()
         self._release()
         self._stopped.set()
 

@@ -44,7 +44,7 @@ log = logging.getLogger("cc_daemon.supervisor")
 PARK_EXIT_CODE = 78
 RESTART_POLICIES = ("none", "on-crash")
 #: Variables that belong to the daemon's own service manager, never to its children.
-SCRUBBED_ENV = ("NOTIFY_SOCKET",)
+SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 SCRUBBED_ENV_PREFIXES = ("LISTEN_",)
 
 STDERR_TAIL_LINES = 40

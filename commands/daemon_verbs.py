@@ -1,4 +1,4 @@
-"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor | list-profiles | open | config``: manage a daemon and its data."""
+"""``cheetahclaws daemon status | stop | logs | rotate-token | doctor | list-profiles | open | config | install-service | uninstall-service``: manage a daemon and its data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
-from . import daemon_config, daemon_open
+from . import daemon_config, daemon_open, daemon_service
 from .common import add_connection, add_data_dir, documented_action as action, fail
 
 # LSB init-script status codes.
@@ -72,6 +72,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 
     daemon_open.add_action(actions)
     daemon_config.add_action(actions)
+    daemon_service.add_actions(actions)
 
 
 def daemon_info(args: argparse.Namespace) -> tuple[DataDir, discovery.Discovered | None, bool]:
