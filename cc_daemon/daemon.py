@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import API_VERSION, __version__, discovery
+from . import API_VERSION, __version__, discovery, logs
 from .audit import AuditLog
 from .auth import LOOPBACK_NAMES, Authenticator, TokenStore
 from .database import DatabaseError
@@ -75,6 +75,8 @@ class DaemonOptions:
     event_log_sync: str = "normal"
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    #: "text" or "json" (``logs``).
+    log_format: str = "text"
     #: Sessions whose runtime runs (or will restart) at once; session.create refuses more.
     max_sessions: int = 8
     max_queued_turns: int = 16
@@ -301,8 +303,7 @@ class Daemon:
     def _attach_log_file(self) -> None:
         handler = PrivateRotatingFileHandler(self.data_dir.daemon_log, maxBytes=10 * 1024 * 1024,
                                              backupCount=3, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(getattr(logging, self.options.log_level.upper(), logging.INFO))
+        logs.prepare(handler, self.options.log_format, self.options.log_level)
         package_logger = logging.getLogger("cc_daemon")
         package_logger.addHandler(handler)
         if package_logger.level == logging.NOTSET or package_logger.level > handler.level:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
@@ -26,12 +27,12 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-log = logging.getLogger("cc_daemon.rpc")
-
 from .errors import (HTTP_STATUS_FOR_CODE, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                      PARSE_ERROR, REPLY_TOO_LARGE)
 from .json_values import MAX_DEPTH, find_bad_value
+from .logs import current_request_id
 
+log = logging.getLogger("cc_daemon.rpc")
 _MISSING = object()
 
 #: The most requests one batch may hold. Each one costs a reply of its own, so a 1 MiB body
@@ -316,6 +317,8 @@ class Dispatcher:
             method_name, raw_params, request_id, is_notification = check_envelope(message)
         except RpcError as error:
             return Response(error_body(error, valid_id_or_none(message)), error.code)
+        timed = log.isEnabledFor(logging.DEBUG)  # one cached check; the clock only when it is logged
+        started = time.perf_counter() if timed else 0.0
         try:
             body = self._invoke(method_name, raw_params, caller, request_id, is_notification)
             if body is not None and len(body) > room:
@@ -325,9 +328,19 @@ class Dispatcher:
                                {"limit_bytes": MAX_REPLY_BYTES, "response_bytes": len(body)})
         except RpcError as error:
             self._on_call(method_name, error.code)
+            if timed:
+                log.debug("rpc %s %.2f ms error %d", self._loggable(method_name), (time.perf_counter() - started) * 1000,
+                          error.code)
             return None if is_notification else Response(error_body(error, request_id), error.code)
         self._on_call(method_name, None)
+        if timed:
+            log.debug("rpc %s %.2f ms ok", method_name, (time.perf_counter() - started) * 1000)
         return None if body is None else Response(body)
+
+    def _loggable(self, method_name: str) -> str:
+        """A method's name as the log may show it: a client chooses an unknown one, so it is
+        not written (it could hold anything, newlines included)."""
+        return method_name if self.registry.get(method_name) is not None else "(unknown method)"
 
     def _invoke(self, method_name: str, raw_params: Any, caller: Any, request_id: Any,
                 is_notification: bool) -> bytes | None:
@@ -354,7 +367,11 @@ class Dispatcher:
                 raise translated from None
             error_id = secrets.token_hex(6)
             log.exception("internal error in %s (error_id=%s)", method_name, error_id)
-            raise RpcError(INTERNAL_ERROR, "Internal error", {"error_id": error_id}) from None
+            data = {"error_id": error_id}
+            request_id = current_request_id()
+            if request_id is not None:  # the log line above carries it too (``logs``)
+                data["request_id"] = request_id
+            raise RpcError(INTERNAL_ERROR, "Internal error", data) from None
 
 
 def _reject_constant(name: str) -> Any:

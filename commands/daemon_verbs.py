@@ -13,7 +13,7 @@ from pathlib import Path
 from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
-from . import daemon_config, daemon_open, daemon_service
+from . import daemon_config, daemon_logs, daemon_open, daemon_service
 from .common import add_connection, add_data_dir, documented_action as action, fail
 
 # LSB init-script status codes.
@@ -44,12 +44,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                       help="seconds to wait after each step before the next, harder one (default 10)")
     stop.set_defaults(run=run_stop)
 
-    logs = action(actions, "logs", f"print the daemon log ({HELP_DATA_DIR.daemon_log})",
-                  "cheetahclaws daemon logs -n 100 -f", "0 printed (with -f: until Ctrl-C); 1 no log file")
-    add_connection(logs)
-    logs.add_argument("-n", "--lines", dest="n", type=int, default=50, metavar="N", help="last N lines (default 50)")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.set_defaults(run=run_logs)
+    daemon_logs.add_action(actions, HELP_DATA_DIR.daemon_log)
 
     rotate = action(actions, "rotate-token", "replace the TCP bearer token (a running daemon uses the new one at once)",
                     "cheetahclaws daemon rotate-token --print-token",
@@ -227,54 +222,6 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.05) -> bool:
             return False
         time.sleep(interval_s)
     return True
-
-
-def run_logs(args: argparse.Namespace) -> int:
-    path = DataDir.resolve(args.data_dir).daemon_log
-    if not path.exists():
-        fail(f"no log at {path} (has the daemon run with this data dir?)", 1)
-    with open(path, "rb") as handle:
-        sys.stdout.write(b"".join(tail_lines(handle, args.n)).decode("utf-8", "replace"))
-        sys.stdout.flush()
-        if args.follow:
-            follow(path, handle)
-    return 0
-
-
-def tail_lines(handle, count: int, block: int = 8192) -> list[bytes]:
-    """The last ``count`` lines of a binary file, read backwards in blocks."""
-    if count <= 0:
-        handle.seek(0, os.SEEK_END)
-        return []
-    handle.seek(0, os.SEEK_END)
-    position = handle.tell()
-    data = b""
-    while position > 0 and data.count(b"\n") <= count:
-        step = min(block, position)
-        position -= step
-        handle.seek(position)
-        data = handle.read(step) + data
-    handle.seek(0, os.SEEK_END)
-    return data.splitlines(keepends=True)[-count:]
-
-
-def follow(path: Path, handle) -> None:
-    """Print lines as they are appended; reopen when the log is rotated."""
-    inode = os.fstat(handle.fileno()).st_ino
-    while True:
-        line = handle.readline()
-        if line:
-            sys.stdout.write(line.decode("utf-8", "replace"))
-            sys.stdout.flush()
-            continue
-        time.sleep(0.2)
-        try:
-            if os.stat(path).st_ino != inode:
-                handle.close()
-                handle = open(path, "rb")
-                inode = os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            pass
 
 
 def run_rotate(args: argparse.Namespace) -> int:

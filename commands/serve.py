@@ -75,7 +75,7 @@ def options_of(values: dict, args: argparse.Namespace):
         event_buffer_mb=values["event_buffer_mb"], retention_events=values["retention_events"],
         retention_days=values["retention_days"], event_log_sync=values["event_log_sync"],
         limits=Limits(max_body_bytes=values["max_body_bytes"], max_connections=values["max_connections"]),
-        log_level=values["log_level"], max_sessions=values["max_sessions"], max_queued_turns=values["max_queued_turns"])
+        log_level=values["log_level"], log_format=values["log_format"], max_sessions=values["max_sessions"], max_queued_turns=values["max_queued_turns"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
         from cc_daemon.profiles import PROFILE_ENV
 
         os.environ[PROFILE_ENV] = args.profile
-    logging.basicConfig(level=getattr(logging, options.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cc_daemon import logs
+
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, options.log_level.upper()))
+    root.addHandler(logs.prepare(logging.StreamHandler(sys.stderr), options.log_format, options.log_level))
     daemon = Daemon(options)
     # Signals are routed before start-up, so a SIGTERM during start still stops cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 CONFIG_FILE = "config.toml"
 ENV_PREFIX = "CHEETAHCLAWS_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -145,7 +146,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("token_path", "path", None, "bearer token file; none: <data-dir>/daemon_token", metavar="PATH"),
     Setting("print_token", "bool", False, "print the TCP bearer token at start"),
     Setting("heartbeat_s", "float", 15.0, "SSE comment heartbeat after S seconds without an event", metavar="S"),
-    Setting("log_level", "choice", "info", "the least severe log lines written", choices=LOG_LEVELS),
+    Setting("log_level", "choice", "info", "the least severe log lines written (debug: one line per RPC call "
+            "with its method, duration and outcome)", choices=LOG_LEVELS),
+    Setting("log_format", "choice", "text", "text lines, or one JSON object per line; each line written while "
+            "serving a request carries its id", choices=LOG_FORMATS),
     Setting("no_audit", "bool", False, "do not write logs/auth.jsonl"),
     Setting("unauthenticated_metrics", "bool", False, "serve /healthz, /readyz and /metrics without authentication"),
     Setting("allow_remote", "bool", False, "allow a non-loopback TCP address (there is no TLS)"),

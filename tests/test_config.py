@@ -127,7 +127,7 @@ def test_the_table_s_defaults_are_the_daemon_s():
         "event_buffer_mb": fields["event_buffer_mb"], "retention_events": fields["retention_events"],
         "retention_days": fields["retention_days"], "event_log_sync": fields["event_log_sync"],
         "max_body_bytes": limits.max_body_bytes, "max_connections": limits.max_connections,
-        "log_level": fields["log_level"], "max_sessions": fields["max_sessions"],
+        "log_level": fields["log_level"], "log_format": fields["log_format"], "max_sessions": fields["max_sessions"],
         "max_queued_turns": fields["max_queued_turns"]}
     assert {name: settings.BY_NAME[name].default for name in daemon_defaults} == daemon_defaults
     assert set(settings.BY_NAME) == set(daemon_defaults) | {"listen", "print_token"}

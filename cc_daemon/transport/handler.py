@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..auth import Connection, Denied, Refusal, peer_credentials
+from ..logs import REQUEST_ID, new_request_id
 from ..identity import CLIENT_ID_RE, Caller, clean_kind
 from .endpoints import ROUTES
 from .framing import (NO_HEADERS, SERVER_VERSION, HeadersTooLarge, HttpError, IncompleteRequest, declares_body,
@@ -57,6 +58,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.conn = self._connection_info()
         # Per request, but an answer can precede the first request's parse (414).
         self.headers = NO_HEADERS
+        self.request_id: str | None = None
         self.route: Route | None = None
         self.client_id: str | None = None
 
@@ -183,6 +185,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._body_consumed = False
         self.client_id = None  # per request: never echo an earlier request's id on this connection
         self.route = route = ROUTES.get(path)
+        # Every log line written while this request is served names it (``logs``).
+        self.request_id = new_request_id()
+        request_context = REQUEST_ID.set(self.request_id)
         self.server.in_flight.enter()
         try:
             if route is None:
@@ -200,6 +205,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.respond(error.status, error.body, extra_headers=error.headers, close=error.close)
         finally:
+            REQUEST_ID.reset(request_context)
             self.leave_in_flight()
             services.metrics.inc("ccd_http_requests_total", path=path if route is not None else "other")
             services.metrics.inc("ccd_http_request_seconds_total", time.perf_counter() - started)
@@ -280,5 +286,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         origin = self._cors_origin(self.route)
         if origin is not None:
             headers = cors_headers(origin) + headers
+        if self.request_id:
+            headers = [*headers, ("X-Request-Id", self.request_id)]
         self.wfile.write(encode_response(status, headers, body, self.http_1_0))
         self.server.services.metrics.inc("ccd_http_responses_total", status=str(status))

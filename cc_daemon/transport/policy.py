@@ -108,7 +108,7 @@ def cors_origin(route: Route | None, origin: str | None, authenticator: Authenti
 
 def cors_headers(origin: str) -> list[tuple[str, str]]:
     """The headers that let a page of ``origin`` read an answer (and our client id)."""
-    return [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Client-Id"),
+    return [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "X-Client-Id, X-Request-Id"),
             ("Vary", "Origin")]
 
 
