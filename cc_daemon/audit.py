@@ -71,6 +71,8 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: OrderedDict[str, Window] = OrderedDict()  # oldest window first
+        #: Decisions since start by outcome (for /metrics), whether or not a line is written.
+        self._decisions: dict[str, int] = {}
         self._handler: logging.Handler | None = None
         if path is not None:
             make_private_dir(path.parent)
@@ -82,6 +84,8 @@ class AuditLog:
         """One decision: ``peer`` is what the line names, ``key`` whose refusals are counted
         together (``throttle.peer_key``). Successes always get their line: only the owner
         can cause them, once per connection."""
+        with self._lock:
+            self._decisions[outcome] = self._decisions.get(outcome, 0) + 1
         if self._handler is None:
             return
         now = time.time()
@@ -91,6 +95,10 @@ class AuditLog:
         with self._lock:
             if outcome == "ok" or self._window_of(key).admits((transport, outcome, reason, uid), now):
                 self._write(entry)
+
+    def decision_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._decisions)
 
     def flush(self) -> None:
         """Write the counts of every window that has ended (the daemon calls this each second)."""

@@ -35,6 +35,7 @@ from .rpc import Dispatcher
 from .runtimes.registry import RuntimeInfo, RuntimeRegistry
 from .service_notify import ServiceNotifier
 from .session import SessionLimits
+from .session_states import STATES
 from .session_records import SessionRecords
 from .usage_ledger import DailyUsage
 from .sessions import SessionManager
@@ -359,14 +360,48 @@ class Daemon:
         m.describe_counter("ccd_auth_denied_total", "Requests refused by authentication, by status")
         m.describe_counter("ccd_connections_refused_total", "Connections refused over the connection cap")
         m.describe_counter("ccd_connections_evicted_total", "Unauthenticated connections shut for newer ones (guards.Gate)")
+        m.describe_counter("ccd_events_replayed_total", "Events written by a stream's own thread: its replay "
+                           "after Last-Event-ID or since, and catching up after falling behind the live tail")
+        m.describe_counter("ccd_gaps_total", "gap events sent: readers that asked for events retention had dropped")
+        m.histogram("ccd_rpc_duration_seconds", "JSON-RPC call duration by method, from parsed request to encoded reply")
         m.gauge("ccd_event_last_id", "Id of the newest published event", self.bus.last_id)
+        m.gauge("ccd_events_published_total", "Events published since start, by type", self.bus.published_counts,
+                label="type", kind="counter")
         m.gauge("ccd_sse_subscribers", "Open /events streams", lambda: self.bus.subscriber_count)
+        m.gauge("ccd_sse_lag_events_max", "Events the furthest-behind /events stream has yet to be offered",
+                self.bus.max_lag)
         m.gauge("ccd_permission_requests_pending", "Pending permission requests", self.permissions.pending_count)
+        m.gauge("ccd_sessions", "Sessions by state", self._sessions_by_state, label="state")
+        m.gauge("ccd_runtime_restarts_total", "Runtime restarts scheduled by session supervisors since start",
+                lambda: self.bus.published_counts().get("runner_restarting", 0), kind="counter")
+        m.gauge("ccd_auth_decisions_total", "Authentication decisions since start, by outcome",
+                self.audit.decision_counts, label="outcome", kind="counter")
+        m.gauge("ccd_event_log_events", "Events retained in daemon.db for replay",
+                lambda: self._event_log_detail()["events"])
+        m.gauge("ccd_event_log_bytes", "Size of daemon.db and its write-ahead log",
+                lambda: self._event_log_detail()["bytes"])
+        m.gauge("ccd_event_log_oldest_age_seconds", "Age of the oldest retained event (no series when none is)",
+                lambda: self._event_log_detail()["oldest_age_s"])
 
-    def _count_call(self, method: str, code: int | None) -> None:
-        known = self.registry.get(method) is not None
-        self.metrics.inc("ccd_rpc_calls_total", method=method if known else "(unknown)",
-                         outcome="ok" if code is None else str(code))
+    def _count_call(self, method: str, code: int | None, seconds: float) -> None:
+        name = method if self.registry.get(method) is not None else "(unknown)"  # a client cannot add series
+        self.metrics.inc("ccd_rpc_calls_total", method=name, outcome="ok" if code is None else str(code))
+        self.metrics.observe("ccd_rpc_duration_seconds", seconds, method=name)
+
+    def _sessions_by_state(self) -> dict[str, int]:
+        return {**dict.fromkeys(STATES, 0), **self.sessions.counts()}
+
+    def _event_log_detail(self) -> dict[str, float | None]:
+        _, detail = self.event_log.health()
+        size = 0
+        for path in (self.data_dir.database, Path(f"{self.data_dir.database}-wal")):
+            try:
+                size += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        oldest_ts = detail["oldest_ts"]
+        return {"events": max(0, detail["last_id"] - detail["oldest_id"] + 1), "bytes": size,
+                "oldest_age_s": None if oldest_ts is None else max(0.0, time.time() - oldest_ts)}
 
     # -- queries ----------------------------------------------------------------------------
     def uptime_s(self) -> float:

@@ -424,7 +424,7 @@ class SqliteEventStore:
     def health(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             ok = self._failure is None and not self._closing and self._maintenance.is_alive()
-            detail = {"ok": ok, "last_id": self._visible, "oldest_id": self._oldest,
+            detail = {"ok": ok, "last_id": self._visible, "oldest_id": self._oldest, "oldest_ts": self._oldest_ts,
                       "pending": len(self._pending_rows), "failure": self._failure,
                       "synchronous": self.synchronous, "commits": self._commits, "events_committed": self._committed,
                       "cached_events": len(self._cache), "cached_bytes": self._cache.bytes}

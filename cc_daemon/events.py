@@ -266,6 +266,8 @@ class EventBus:
         self._closed = False
         self._subscriptions: set[Subscription] = set()
         self._listeners: list[Callable[[], None]] = []
+        #: Events published since start, by type (the daemon's own names: a bounded set).
+        self._published: dict[str, int] = {}
         self._store.attach(self._wake)
 
     def add_listener(self, on_news: Callable[[], None]) -> None:
@@ -306,6 +308,8 @@ class EventBus:
             if not events:
                 return events
             self._store.append_many(events)
+            for event in events:
+                self._published[event.type] = self._published.get(event.type, 0) + 1
             # A durable store makes events visible later and wakes the readers itself
             # (``attach``); waking them now too would only make every one of them look twice.
             if self._store.last_id() >= events[-1].id:
@@ -340,6 +344,16 @@ class EventBus:
     def subscriber_count(self) -> int:
         with self._cond:
             return len(self._subscriptions)
+
+    def max_lag(self) -> int:
+        """How many events the furthest-behind subscription has yet to be offered."""
+        with self._cond:
+            last = self._store.last_id()
+            return max((last - subscription.cursor for subscription in self._subscriptions), default=0)
+
+    def published_counts(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._published)
 
     def close(self) -> None:
         """Refuse new events and end every subscription with ``shutdown`` (after each has

@@ -275,10 +275,10 @@ class Response:
 class Dispatcher:
     """Turns one HTTP body into a JSON-RPC reply."""
 
-    def __init__(self, registry: Registry, on_call: Callable[[str, int | None], None] | None = None):
+    def __init__(self, registry: Registry, on_call: Callable[[str, int | None, float], None] | None = None):
         self.registry = registry
-        #: Observer for metrics: called with (method, error code or None).
-        self._on_call = on_call or (lambda method, code: None)
+        #: Observer for metrics: called with (method, error code or None, seconds taken).
+        self._on_call = on_call or (lambda method, code, seconds: None)
 
     def handle(self, body: bytes, caller: Any = None) -> Reply:
         try:
@@ -317,8 +317,7 @@ class Dispatcher:
             method_name, raw_params, request_id, is_notification = check_envelope(message)
         except RpcError as error:
             return Response(error_body(error, valid_id_or_none(message)), error.code)
-        timed = log.isEnabledFor(logging.DEBUG)  # one cached check; the clock only when it is logged
-        started = time.perf_counter() if timed else 0.0
+        started = time.perf_counter()
         try:
             body = self._invoke(method_name, raw_params, caller, request_id, is_notification)
             if body is not None and len(body) > room:
@@ -327,15 +326,18 @@ class Dispatcher:
                                                 f"{MAX_REPLY_BYTES} bytes; send it outside a batch, or ask for less",
                                {"limit_bytes": MAX_REPLY_BYTES, "response_bytes": len(body)})
         except RpcError as error:
-            self._on_call(method_name, error.code)
-            if timed:
-                log.debug("rpc %s %.2f ms error %d", self._loggable(method_name), (time.perf_counter() - started) * 1000,
-                          error.code)
+            self._done(method_name, error.code, started)
             return None if is_notification else Response(error_body(error, request_id), error.code)
-        self._on_call(method_name, None)
-        if timed:
-            log.debug("rpc %s %.2f ms ok", method_name, (time.perf_counter() - started) * 1000)
+        self._done(method_name, None, started)
         return None if body is None else Response(body)
+
+    def _done(self, method_name: str, code: int | None, started: float) -> None:
+        """Report a finished call to the metrics and, at debug, to the log (never its params)."""
+        seconds = time.perf_counter() - started
+        self._on_call(method_name, code, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rpc %s %.2f ms %s", self._loggable(method_name), seconds * 1000,
+                      "ok" if code is None else f"error {code}")
 
     def _loggable(self, method_name: str) -> str:
         """A method's name as the log may show it: a client chooses an unknown one, so it is

@@ -149,6 +149,10 @@ class LiveTail:
                 continue
             writer.send_events(batch)
             self._metrics.inc("ccd_events_delivered_total", len(batch))
+            self._metrics.inc("ccd_events_replayed_total", len(batch))
+            gaps = sum(1 for item in batch if isinstance(item, Gap))
+            if gaps:
+                self._metrics.inc("ccd_gaps_total", gaps)
 
     def _serve(self, stream: LiveStream) -> bool:
         """Write ``stream`` from the live-tail thread until it comes back (then True), or
