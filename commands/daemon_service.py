@@ -162,11 +162,16 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def service_of(args: argparse.Namespace, listens: list[str]) -> Service:
     if args.profile is None:
         fail("a service runs a profile; use --profile NAME rather than --data-dir", 2)
-    platform = args.platform or ("launchd" if sys.platform == "darwin" else "systemd")
-    argv = (sys.executable, "-m", "cc_daemon", "serve", "--profile", args.profile,
+    return service_of_platform(args.profile, args.platform, listens)
+
+
+def service_of_platform(profile: str, platform: str | None = None, listens: list[str] | tuple = ()) -> Service:
+    """Profile ``profile``'s service on ``platform`` (default: this operating system's)."""
+    platform = platform or ("launchd" if sys.platform == "darwin" else "systemd")
+    argv = (sys.executable, "-m", "cc_daemon", "serve", "--profile", profile,
             *(word for url in listens for word in ("--listen", url)))
     env = tuple((name, os.environ[name]) for name in CARRIED_ENV if os.environ.get(name))
-    return Service(platform, args.profile, argv, env)
+    return Service(platform, profile, argv, env)
 
 
 def run_install(args: argparse.Namespace) -> int:

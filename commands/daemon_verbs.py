@@ -13,8 +13,8 @@ from pathlib import Path
 from cc_daemon import discovery
 from cc_daemon.storage import DataDir, InstanceLock, read_json
 
-from . import daemon_config, daemon_logs, daemon_open, daemon_service
-from .common import add_connection, add_data_dir, documented_action as action, fail
+from . import daemon_config, daemon_doctor, daemon_logs, daemon_open, daemon_service
+from .common import add_connection, documented_action as action, fail
 
 # LSB init-script status codes.
 RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
@@ -23,7 +23,7 @@ HELP_DATA_DIR = DataDir(Path("<data-dir>"))
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:
-    parser = verbs.add_parser("daemon", help="manage a running daemon (status, stop, logs, rotate-token, doctor, open)")
+    parser = verbs.add_parser("daemon", help="manage a daemon (status, stop, logs, rotate-token, doctor, open, config, services, profiles)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
@@ -54,11 +54,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     rotate.add_argument("--print-token", action="store_true", help="print the new token")
     rotate.set_defaults(run=run_rotate)
 
-    doctor = action(actions, "doctor", f"check {HELP_DATA_DIR.database} with SQLite's integrity check; "
-                                       "safe while the daemon runs",
-                    "cheetahclaws daemon doctor --data-dir ~/.cheetahclaws", "0 sound; 1 problems found")
-    add_data_dir(doctor)
-    doctor.set_defaults(run=run_doctor)
+    daemon_doctor.add_action(actions)
 
     profiles = action(actions, "list-profiles", "list the profiles (each a daemon of its own) and whether each runs",
                       "cheetahclaws daemon list-profiles --json", "0 listed")
@@ -249,17 +245,3 @@ def run_rotate(args: argparse.Namespace) -> int:
     if args.print_token:
         print(token_path.read_text().strip())
     return 0
-
-
-def run_doctor(args: argparse.Namespace) -> int:
-    from cc_daemon.database import check_database
-
-    path = DataDir.resolve(args.data_dir).database
-    problems = check_database(path)
-    if not problems:
-        print(f"ok: {path} passed SQLite's integrity check")
-        return 0
-    print(f"problems in {path}:")
-    for problem in problems:
-        print(f"  {problem}")
-    return 1
