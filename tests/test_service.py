@@ -187,3 +187,38 @@ def test_a_daemon_without_a_manager_or_with_a_gone_one_runs_on(tmp_path):
         if daemon.poll() is None:
             daemon.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_unit_s_own_command_line_restarted_as_systemctl_restart_does_brings_sessions_back(tmp_path):
+    """No systemd runs here, so this plays its part: the unit's ExecStart and Environment, run
+    with a NOTIFY_SOCKET; `systemctl --user restart` is SIGTERM to the main process
+    (KillMode=mixed), then the same command again."""
+    _, unit = unit_of("--profile", "svc")
+    found = keys(unit)
+    argv = shlex.split(found["ExecStart"][0])
+    env = {**os.environ, **dict(shlex.split(line)[0].split("=", 1) for line in found["Environment"])}
+    root = short_tmpdir()
+    manager = NotifySocket(str(root / "notify.sock"))
+    env["NOTIFY_SOCKET"] = str(root / "notify.sock")
+    data_dir = Path(os.environ["CHEETAHCLAWS_HOME"]) / "profiles" / "svc"
+    try:
+        first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert manager.next()["READY"] == "1"
+        client = Client.connect(data_dir=data_dir, kind="repl")
+        session_id = client.call("session.create", runtime="demo", cwd=str(tmp_path))["session_id"]
+        client.close()
+        first.send_signal(signal.SIGTERM)
+        while manager.next().get("STOPPING") != "1":
+            pass
+        assert first.wait(15) == 0
+
+        second = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert manager.next()["READY"] == "1"
+        client = Client.connect(data_dir=data_dir, kind="repl")
+        assert client.call("session.get", session_id=session_id)["state"] in ("resuming", "idle")
+        client.close()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        manager.close()
+        shutil.rmtree(root, ignore_errors=True)
