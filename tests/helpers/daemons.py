@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -116,10 +117,39 @@ def cli(*args: str, env: dict | None = None, timeout: float = 30, **kwargs) -> s
                           timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)
 
 
+class Drained:
+    """A daemon's stderr read as it comes: a pipe nobody reads fills at 64 KB and then blocks
+    the daemon's next log line (a debug log writes one per call). ``read`` waits for the end."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._chunks: list[str] = []
+        self._thread = threading.Thread(target=self._drain, name="stderr-drain", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for line in self._stream:
+            self._chunks.append(line)
+
+    def read(self) -> str:
+        self._thread.join(30)
+        return "".join(self._chunks)
+
+    def so_far(self) -> str:
+        """What it wrote until now, for a message about a daemon that is still running."""
+        return "".join(list(self._chunks))
+
+    def close(self) -> None:
+        self._thread.join(5)
+        self._stream.close()
+
+
 def spawn_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
-    """Start ``serve`` as a subprocess and wait until it answers; returns (process, discovery)."""
+    """Start ``serve`` as a subprocess and wait until it answers; returns (process, discovery).
+    Its stderr is drained all along (``Drained``); read it once the process has ended."""
     process = subprocess.Popen([sys.executable, "-m", "cc_daemon", "serve", "--data-dir", str(data_dir), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stderr = Drained(process.stderr)
     discovery = DataDir(data_dir).discovery_file
 
     def ready():
