@@ -346,6 +346,6 @@ def test_no_secret_in_any_file_the_daemon_wrote(subprocess_daemon):
             content = open(path, "rb").read()
             for secret in secrets:
                 assert secret.encode() not in content, f"{secret[:6]}... found in {path}"
-    stdout, stderr = daemon.process.communicate(timeout=10)
+    stdout, stderr = daemon.process.stdout.read(), daemon.process.stderr.read()
     for secret in ids:
         assert secret not in stdout + stderr
