@@ -14,7 +14,7 @@ import pytest
 
 from cc_daemon.client import Client
 from helpers.daemons import cli, wait_for
-from helpers.frontend import Watcher
+from helpers.frontend import command_output
 
 
 def serve(*args: str) -> subprocess.Popen:
@@ -66,13 +66,7 @@ def test_a_runtime_learns_the_profile_of_the_daemon_that_runs_it(tmp_path):
     try:
         wait_for(lambda: running("agents"), 20, message="the agents profile's daemon")
         client = Client.connect(data_dir=Path(os.environ["CHEETAHCLAWS_HOME"]) / "profiles" / "agents", kind="repl")
-        session_id = client.call("session.create", runtime="command", cwd=str(tmp_path),
-                                 args=["printenv", "CHEETAHCLAWS_PROFILE"])["session_id"]
-        watcher = Watcher(client, session_id, since=0)
-        turn_id = client.call("session.send", session_id=session_id, text="which profile?")["turn_id"]
-        watcher.wait("turn_done", turn_id=turn_id)
-        assert watcher.text_of(turn_id) == "agents\n"
-        watcher.close()
+        assert command_output(client, tmp_path, ["printenv", "CHEETAHCLAWS_PROFILE"]) == "agents\n"
         client.close()
     finally:
         stop(daemon)

@@ -18,7 +18,7 @@ from cc_daemon.runtimes.protocol import FROM_RUNTIME, LineSplitter, Oversized, P
 from cc_daemon.errors import RUNTIME_UNAVAILABLE
 
 from helpers.daemons import wait_for
-from helpers.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, path_with_fake_claude
+from helpers.frontend import ENTRYPOINT_DIR, FAKES, Watcher, client_of, command_output, path_with_fake_claude
 
 VALID_FROM_RUNTIME = [
     {"type": "ready", "protocol": 1, "runtime": "x", "version": "1"},
@@ -118,15 +118,9 @@ def test_a_runtime_and_what_it_starts_hear_sigterm(tcp_daemon, tmp_path):
     """The session is created by an RPC, on a thread that blocks SIGTERM and SIGINT; a
     child inherits that mask across exec, so the spawn unblocks them (issue 17)."""
     client = client_of(tcp_daemon, "repl")
-    session_id = client.call("session.create", runtime="command", cwd=str(tmp_path),
-                             args=["grep", "SigBlk", "/proc/self/status"])["session_id"]
-    watcher = Watcher(client, session_id, since=0)
-    turn_id = client.call("session.send", session_id=session_id, text="go")["turn_id"]
-    watcher.wait("turn_done", turn_id=turn_id)
-    blocked = int(watcher.text_of(turn_id).split()[1], 16)
+    blocked = int(command_output(client, tmp_path, ["grep", "SigBlk", "/proc/self/status"]).split()[1], 16)
     for sig in (signal.SIGTERM, signal.SIGINT):
         assert not blocked & (1 << (sig - 1)), f"{sig.name} is blocked in the runtime's child: {blocked:#x}"
-    watcher.close()
 
 
 def test_command_runtime_passes_text_as_an_argument_and_reports_failures(tcp_daemon, tmp_path):
@@ -157,13 +151,9 @@ def test_runtimes_get_a_scrubbed_environment_plus_the_sessions_env(tcp_daemon, t
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     monkeypatch.setenv("LISTEN_FDS", "1")
     client = client_of(tcp_daemon, "repl")
-    session_id = client.call("session.create", runtime="command", cwd=str(tmp_path), env={"CUSTOM": "yes"},
-                             args=["sh", "-c", 'echo "${NOTIFY_SOCKET:-unset} ${LISTEN_FDS:-unset} $CUSTOM"'])["session_id"]
-    watcher = Watcher(client, session_id, since=0)
-    turn_id = client.call("session.send", session_id=session_id, text="go")["turn_id"]
-    watcher.wait("turn_done", turn_id=turn_id)
-    assert watcher.text_of(turn_id) == "unset unset yes\n"
-    watcher.close()
+    output = command_output(client, tmp_path, ["sh", "-c", 'echo "${NOTIFY_SOCKET:-unset} ${LISTEN_FDS:-unset} $CUSTOM"'],
+                            env={"CUSTOM": "yes"})
+    assert output == "unset unset yes\n"
 
 
 # -- claude runtime -------------------------------------------------------------------------

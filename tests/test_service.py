@@ -23,7 +23,7 @@ import pytest
 from cc_daemon.client import Client
 from cc_daemon.commands.daemon_service import systemd_quote
 from helpers.daemons import cli, short_tmpdir
-from helpers.frontend import Watcher
+from helpers.frontend import command_output
 
 
 def unit_of(*args: str) -> tuple[Path, str]:
@@ -147,13 +147,7 @@ def test_a_daemon_notifies_ready_watchdog_and_stopping(kind, tmp_path):
         assert manager.next() == {"WATCHDOG": "1"} and manager.next() == {"WATCHDOG": "1"}
 
         # The runtimes never see the manager's variables: they must not speak for the daemon.
-        session_id = client.call("session.create", runtime="command", cwd=str(tmp_path),
-                                 args=["sh", "-c", "env | grep -c -E '^(NOTIFY_SOCKET|WATCHDOG_)' || true"])["session_id"]
-        watcher = Watcher(client, session_id, since=0)
-        turn_id = client.call("session.send", session_id=session_id, text="go")["turn_id"]
-        watcher.wait("turn_done", turn_id=turn_id)
-        assert watcher.text_of(turn_id) == "0\n"
-        watcher.close()
+        assert command_output(client, tmp_path, ["sh", "-c", "env | grep -c -E '^(NOTIFY_SOCKET|WATCHDOG_)' || true"]) == "0\n"
         client.close()
 
         daemon.send_signal(signal.SIGTERM)

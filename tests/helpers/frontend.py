@@ -54,6 +54,16 @@ def client_of(running: Running, kind: str) -> Client:
     return running.client(kind=kind)
 
 
+def command_output(client: Client, cwd, args: list[str], text: str = "go", **create: Any) -> str:
+    """What a ``command`` runtime session running ``args`` writes in one turn."""
+    session_id = client.call("session.create", runtime="command", cwd=str(cwd), args=args, **create)["session_id"]
+    watcher = Watcher(client, session_id, since=0)
+    turn_id = client.call("session.send", session_id=session_id, text=text)["turn_id"]
+    watcher.wait("turn_done", turn_id=turn_id)
+    watcher.close()
+    return watcher.text_of(turn_id)
+
+
 def session_state(client: Client, session_id: str) -> str:
     return client.call("session.get", session_id=session_id)["state"]
 
