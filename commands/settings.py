@@ -15,7 +15,6 @@ options.
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -210,8 +209,6 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str], data_dir: P
 
 def read_config(path: Path) -> dict[str, Resolved]:
     """The settings ``path`` gives (none when it does not exist), each with its line."""
-    import tomllib
-
     from cc_daemon.safe_paths import UnsafePath, check_dir, read_private
 
     try:
@@ -225,6 +222,8 @@ def read_config(path: Path) -> dict[str, Resolved]:
         raise SettingError(str(exc)) from None
     except OSError as exc:
         raise SettingError(f"cannot read {path}: {exc.strerror}") from None
+    import tomllib  # here: a daemon without a config file never loads the parser
+
     try:
         text = raw.decode("utf-8")
         table = tomllib.loads(text)
@@ -237,6 +236,8 @@ def read_config(path: Path) -> dict[str, Resolved]:
         where = f"{path} line {line_of(text, key)}"
         setting = BY_NAME.get(key)
         if setting is None:
+            import difflib
+
             close = difflib.get_close_matches(key, BY_NAME, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(BY_NAME)})"
             raise SettingError(f"{where}: unknown key {key!r}{hint}")

@@ -19,7 +19,8 @@ from helpers.daemons import cli, short_tmpdir, spawn_daemon, wait_for
 # Loaded on first use, not by a daemon that only started and answered pings: each would add
 # tens of milliseconds to every cold start, or hundreds of KB to the idle RSS, or both.
 LAZY_MODULES = ("jsonschema", "importlib.metadata", "subprocess", "logging.handlers", "requests",
-                "cc_daemon.client", "cc_daemon.commands.session_verb", "cc_daemon.commands.daemon_verbs")
+                "cc_daemon.client", "cc_daemon.commands.session_verb", "cc_daemon.commands.daemon_verbs",
+                "tomllib", "difflib")
 
 SERVE_AND_LIST_MODULES = """
 import json, sys
